@@ -1,0 +1,22 @@
+"""`python -m assistant` — serve the API on HOST:PORT (default 127.0.0.1:8000)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The FastAPI app, built by `create_app` from settings and (optionally) ready-made components.
+
+`assistant.app:app` is the app for the current environment; `python -m assistant` serves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from . import __version__
+from .api import router
+from .components import Components
+from .errors import FinragError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, components: Components | None = None,
+               *, preload: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    components = components or Components(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if preload:
+            await run_in_threadpool(_preload, components)
+        yield
+        components.close()
+
+    app = FastAPI(
+        title="finrag", version=__version__, lifespan=lifespan,
+        description="Answers questions about financial filings and regulations from indexed documents, "
+        "citing pages and rules; records answers and thumbs-up/down feedback.",
+    )
+    app.state.components = components
+    app.state.settings = settings
+    app.include_router(router)
+
+    @app.exception_handler(FinragError)
+    async def finrag_error(_request: Request, exc: FinragError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid_request", "detail": "; ".join(problems)}, status_code=422)
+
+    return app
+
+
+def _preload(components: Components) -> None:
+    """Load models and open the store at start-up, so the first question is not slow. Failures are
+    logged and shown by /health rather than stopping the server."""
+    for name in ("store", "engine", "embedder", "llm"):
+        try:
+            getattr(components, name)
+        except Exception as exc:  # reported by /health
+            log.error("could not load %s: %s", name, exc)
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `assistant.app:app` builds the app for the current environment when first asked for,
+    # so importing this module (tests, tools) reads no settings and loads nothing.
+    if name == "app":
+        built = create_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(name)

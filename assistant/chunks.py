@@ -1,0 +1,62 @@
+"""The chunk: the unit that is embedded, stored, retrieved and cited."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Payload fields stored with every point, in this order of usefulness to a reader.
+FILTERABLE_FIELDS = ("source", "doc_id", "doc_type", "company", "form", "period", "family", "section", "title")
+
+_NAMESPACE = uuid.UUID("6f1c1f0e-6b8e-4ad6-9b1c-6f3c9b2d7a10")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document with everything needed to cite it."""
+
+    text: str
+    source: str  # file name as ingested, e.g. "2023 Q3 AAPL.pdf"
+    doc_id: str
+    chunk_index: int
+    page_start: int | None = None  # 1-based, PDFs only
+    page_end: int | None = None
+    section: str | None = None  # heading path, e.g. "Item 2. Management's Discussion ..." or "18.8.2"
+    title: str | None = None
+    doc_type: str = "document"  # "filing" | "regulation" | "document"
+    file_hash: str = ""
+    content_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # company, form, period ...
+
+    @property
+    def id(self) -> str:
+        """Deterministic point id: the same file version always yields the same ids."""
+        return str(uuid.uuid5(_NAMESPACE, f"{self.doc_id}:{self.file_hash}:{self.chunk_index}"))
+
+    def payload(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        data.update(extra)
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Chunk:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        base = {k: v for k, v in payload.items() if k in known}
+        extra = {k: v for k, v in payload.items() if k not in known}
+        return cls(**base, extra=extra)
+
+    def pages_label(self) -> str:
+        if self.page_start is None:
+            return ""
+        if self.page_end is None or self.page_end == self.page_start:
+            return f"p. {self.page_start}"
+        return f"pp. {self.page_start}-{self.page_end}"
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    chunk: Chunk
+    score: float
+    point_id: str = ""

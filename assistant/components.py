@@ -1,0 +1,107 @@
+"""The one place where backends are picked from settings. Everything else receives components.
+
+Each component is built on first use, so a retrieval-only command never loads the LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+from .answering import Answerer
+from .db import connect
+from .embedding import Embedder, SentenceTransformerEmbedder
+from .llm import LLM, LlamaCppLLM, OllamaLLM
+from .models import require_model
+from .retrieval import Retriever
+from .settings import Settings
+from .store import QdrantStore, VectorStore
+
+log = logging.getLogger(__name__)
+
+
+class Components:
+    """Lazily built, shared components. Pass ready-made ones to override (tests, tools)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+        llm: LLM | None = None,
+        engine: sa.Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._store = store
+        self._llm = llm
+        self._engine = engine
+        self._lock = threading.RLock()
+
+    def _once(self, attr: str, build: Any) -> Any:
+        with self._lock:
+            if getattr(self, attr) is None:
+                setattr(self, attr, build())
+            return getattr(self, attr)
+
+    @property
+    def embedder(self) -> Embedder:
+        e = self.settings.embedding
+        return self._once(
+            "_embedder",
+            lambda: SentenceTransformerEmbedder(e.model, batch_size=e.batch_size, threads=e.threads),
+        )
+
+    @property
+    def store(self) -> VectorStore:
+        def build() -> VectorStore:
+            s = self.settings.store
+            if s.url:
+                return QdrantStore.server(s.url, s.api_key, s.timeout_s)
+            self.settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+            return QdrantStore.embedded_at(str(self.settings.qdrant_path))
+
+        return self._once("_store", build)
+
+    @property
+    def llm(self) -> LLM:
+        def build() -> LLM:
+            s = self.settings.llm
+            if s.backend == "ollama":
+                o = self.settings.ollama
+                return OllamaLLM(o.host, o.model, timeout_s=s.timeout_s)
+            path = require_model(self.settings.models_dir, s.model)
+            return LlamaCppLLM(
+                path, name=s.model, threads=s.threads, context_tokens=s.context_tokens, timeout_s=s.timeout_s
+            )
+
+        return self._once("_llm", build)
+
+    @property
+    def llm_loaded(self) -> bool:
+        return self._llm is not None
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._once("_engine", lambda: connect(self.settings.db_url))
+
+    @property
+    def retriever(self) -> Retriever:
+        return Retriever(self.embedder, self.store)
+
+    @property
+    def answerer(self) -> Answerer:
+        return Answerer(
+            retriever=self.retriever, llm_factory=lambda: self.llm, retrieval=self.settings.retrieval,
+            llm_settings=self.settings.llm,
+        )
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if self._engine is not None:
+            self._engine.dispose()

@@ -1,0 +1,94 @@
+"""The relational database: answers, feedback and the document registry.
+
+SQLite under DATA_DIR by default (WAL mode, busy timeout); any SQLAlchemy URL (PostgreSQL) via
+DATABASE_URL. The schema is owned by Alembic migrations in `assistant/migrations/versions`, applied
+on start-up by `connect()`; the table objects below mirror the latest migration.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # doc_id: stable per (collection, path)
+    sa.Column("collection", sa.String(128), nullable=False, index=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("title", sa.Text),
+    sa.Column("doc_type", sa.String(32), nullable=False),
+    sa.Column("file_hash", sa.String(64), nullable=False),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("pages", sa.Integer),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("indexed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+answers = sa.Table(
+    "answers",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("collection", sa.String(128), nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("refused", sa.Boolean, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("prompt_version", sa.String(64), nullable=False),
+    sa.Column("embedder", sa.String(200), nullable=False),
+    sa.Column("filters", sa.JSON),
+    sa.Column("retrieved", sa.JSON, nullable=False),  # [{point_id, source, pages, section, score}]
+    sa.Column("citations", sa.JSON, nullable=False),  # [{n, point_id, source, pages, section, score}]
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("timings", sa.JSON),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("answer_id", sa.String(36), sa.ForeignKey("answers.id"), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rating", sa.String(8), nullable=False),
+    sa.Column("comment", sa.Text),
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def connect(url: str) -> sa.Engine:
+    """An engine on `url` with the schema migrated to the latest version."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    migrate(engine)
+    return engine
+
+
+def migrate(engine: sa.Engine) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

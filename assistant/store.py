@@ -1,0 +1,168 @@
+"""Vector stores hold chunks and their vectors. The seam callers use is `VectorStore.search`.
+
+`QdrantStore` serves both embedded Qdrant (`QdrantClient(path=...)`) and a Qdrant server
+(`QdrantClient(url=...)`) with the same code; which one is picked in `assistant.components`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from qdrant_client import QdrantClient, models
+
+from .chunks import FILTERABLE_FIELDS, Chunk, ScoredChunk
+from .errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
+
+log = logging.getLogger(__name__)
+
+FilterValue = str | int | list[str] | list[int]
+Filters = Mapping[str, FilterValue]
+
+
+class VectorStore(Protocol):
+    def search(
+        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None
+    ) -> list[ScoredChunk]:
+        """The `limit` nearest chunks to `vector` that pass `filters`, best first."""
+        ...
+
+    def ensure_collection(self, collection: str, dim: int) -> None: ...
+    def upsert(self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None: ...
+    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None: ...
+    def count(self, collection: str, doc_id: str | None = None) -> int: ...
+    def collections(self) -> list[str]: ...
+    def close(self) -> None: ...
+
+
+def build_filter(filters: Filters | None) -> models.Filter | None:
+    """Translate `{"field": value | [values]}` into a Qdrant payload filter (all must hold)."""
+    if not filters:
+        return None
+    must: list[models.Condition] = []
+    for key, value in filters.items():
+        if key not in FILTERABLE_FIELDS:
+            raise InvalidFilter(
+                f"cannot filter on {key!r}; filterable fields are: {', '.join(FILTERABLE_FIELDS)}"
+            )
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+                raise InvalidFilter(f"filter {key!r} needs a non-empty list of strings or integers")
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=value)))
+        elif isinstance(value, str | int) and not isinstance(value, bool):
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+        else:
+            raise InvalidFilter(f"filter {key!r} must be a string, an integer or a list of them")
+    return models.Filter(must=must)
+
+
+class QdrantStore:
+    """Qdrant through qdrant-client; cosine distance; one point per chunk, the chunk as payload."""
+
+    def __init__(self, client: QdrantClient, *, embedded: bool) -> None:
+        self._client = client
+        self.embedded = embedded
+
+    @classmethod
+    def embedded_at(cls, path: str) -> QdrantStore:
+        try:
+            client = QdrantClient(path=path)
+        except RuntimeError as exc:
+            if "already accessed by another instance" in str(exc):
+                raise IndexLocked(
+                    f"the embedded index at {path} is open in another process (is the assistant running?). "
+                    "Stop it, ingest through its API, or point QDRANT_URL at a Qdrant server."
+                ) from exc
+            raise
+        return cls(client, embedded=True)
+
+    @classmethod
+    def server(cls, url: str, api_key: str | None = None, timeout_s: float = 30.0) -> QdrantStore:
+        return cls(QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s)), embedded=False)
+
+    def ensure_collection(self, collection: str, dim: int) -> None:
+        if self._client.collection_exists(collection):
+            info = self._client.get_collection(collection)
+            params = info.config.params.vectors
+            size = params.size if isinstance(params, models.VectorParams) else None
+            if size is not None and size != dim:
+                raise ComponentUnavailable(
+                    f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
+                    "re-ingest into a new collection (--collection) or switch the embedder back"
+                )
+            return
+        log.info("creating collection %s (%d-d, cosine)", collection, dim)
+        self._client.create_collection(
+            collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+        )
+        if not self.embedded:  # payload indexes are a server feature; embedded mode ignores them
+            for key in FILTERABLE_FIELDS:
+                self._client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
+
+    def upsert(self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        points = [
+            models.PointStruct(id=c.id, vector=list(v), payload=c.payload())
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        for start in range(0, len(points), 256):
+            self._client.upsert(collection, points[start : start + 256], wait=True)
+
+    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None:
+        """Delete a document's chunks; with `keep_file_hash`, only those of other file versions."""
+        if not self._client.collection_exists(collection):
+            return
+        must_not: list[models.Condition] = []
+        if keep_file_hash is not None:
+            must_not.append(models.FieldCondition(key="file_hash", match=models.MatchValue(value=keep_file_hash)))
+        selector = models.Filter(
+            must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))],
+            must_not=must_not or None,
+        )
+        self._client.delete(collection, points_selector=models.FilterSelector(filter=selector), wait=True)
+
+    def count(self, collection: str, doc_id: str | None = None) -> int:
+        if not self._client.collection_exists(collection):
+            return 0
+        flt = build_doc_filter(doc_id)
+        return int(self._client.count(collection, count_filter=flt, exact=True).count)
+
+    def search(
+        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None
+    ) -> list[ScoredChunk]:
+        if not self._client.collection_exists(collection):
+            raise UnknownCollection(
+                f"collection {collection!r} does not exist; ingest documents into it first "
+                f"(python -m ingest PATH --collection {collection})"
+            )
+        response = self._client.query_points(
+            collection, query=list(vector), limit=limit, query_filter=build_filter(filters), with_payload=True
+        )
+        return [
+            ScoredChunk(chunk=Chunk.from_payload(p.payload or {}), score=float(p.score), point_id=str(p.id))
+            for p in response.points
+        ]
+
+    def scroll_chunks(self, collection: str, batch: int = 512) -> Iterable[tuple[str, Chunk]]:
+        """Every chunk of a collection (used by baselines and maintenance)."""
+        offset: Any = None
+        while True:
+            points, offset = self._client.scroll(collection, limit=batch, offset=offset, with_payload=True)
+            for p in points:
+                yield str(p.id), Chunk.from_payload(p.payload or {})
+            if offset is None:
+                return
+
+    def collections(self) -> list[str]:
+        return sorted(c.name for c in self._client.get_collections().collections)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def build_doc_filter(doc_id: str | None) -> models.Filter | None:
+    if doc_id is None:
+        return None
+    return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
