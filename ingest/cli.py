@@ -1,0 +1,47 @@
+"""`python -m ingest PATH... [--collection NAME] [--prune]` — index documents into Qdrant.
+
+Exit codes: 0 all files indexed or unchanged; 1 some files failed (the others are indexed);
+2 bad usage; 3 the index is locked or a component is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from assistant.components import Components
+from assistant.errors import FinragError
+from assistant.settings import Settings
+
+from .pipeline import Ingestor
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(
+        prog="python -m ingest",
+        description="Parse, chunk and embed PDF, HTML, TXT and Markdown files into Qdrant.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="files or folders (folders are walked)")
+    parser.add_argument("--collection", help="Qdrant collection (default: COLLECTION setting)")
+    parser.add_argument("--prune", action="store_true", help="remove chunks of files that no longer exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    collection = args.collection or settings.collection
+    components = Components(settings)
+    try:
+        report = Ingestor(components).ingest(args.paths, collection, prune=args.prune, progress=not args.quiet)
+    except FinragError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 3
+    finally:
+        components.close()
+    print(f"collection: {collection}")
+    print(report.summary())
+    return 1 if report.failed else 0

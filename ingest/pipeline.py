@@ -1,0 +1,187 @@
+"""The ingest pipeline: discover → load → chunk → embed → index, idempotent and safe to re-run.
+
+A document is identified by (collection, resolved path). Its file hash decides what happens:
+unchanged → nothing is embedded; changed → new chunks are upserted first, then the old version's chunks
+are deleted, so a failure midway never leaves the document without chunks; unreadable → reported, and
+whatever was indexed before stays. `prune` drops documents whose files no longer exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from tqdm import tqdm
+
+from assistant.components import Components
+from assistant.db import documents
+
+from .chunking import Chunker, embedding_text
+from .loading import SUPPORTED, LoadError, load
+
+log = logging.getLogger(__name__)
+
+_DOC_NAMESPACE = uuid.UUID("0b5d3c52-2f4e-4b43-a1a4-3f0e6c6f9a11")
+
+
+@dataclass
+class IngestReport:
+    files: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    pages: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    ignored: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"files: {self.files} ({self.indexed} indexed, {self.unchanged} unchanged, "
+            f"{len(self.failed)} failed, {len(self.ignored)} ignored)",
+            f"pages: {self.pages}  chunks: {self.chunks} ({self.embedded} embedded)"
+            + (f"  pruned: {len(self.pruned)}" if self.pruned else ""),
+            f"seconds: {self.seconds:.1f}",
+        ]
+        lines += [f"FAILED {path}: {reason}" for path, reason in self.failed]
+        return "\n".join(lines)
+
+
+def doc_id_for(collection: str, path: Path) -> str:
+    return uuid.uuid5(_DOC_NAMESPACE, f"{collection}:{path.resolve()}").hex
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def discover(paths: Iterable[Path], report: IngestReport) -> list[Path]:
+    """Files to ingest. Explicit files of an unsupported type fail; inside folders they are ignored."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if not child.is_file() or any(part.startswith(".") for part in child.relative_to(path).parts):
+                    continue
+                if child.suffix.lower() in SUPPORTED:
+                    found.append(child)
+                else:
+                    report.ignored.append(str(child))
+        elif path.is_file():
+            found.append(path)
+        else:
+            report.failed.append((str(path), "no such file or folder"))
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+class Ingestor:
+    """One code path for ingesting, used by the CLI and (later) the API."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.store = components.store
+        self.engine = components.engine
+        self._chunker: Chunker | None = None
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            embedder = self.components.embedder
+            tokenize = getattr(embedder, "tokenize", None) or (lambda s: s.split())
+            c = self.components.settings.chunking
+            self._chunker = Chunker(tokenize, c.size_tokens, c.overlap_tokens)
+        return self._chunker
+
+    def ingest(
+        self, paths: Sequence[Path], collection: str, *, prune: bool = False, progress: bool = True
+    ) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        files = discover(paths, report)
+        report.files = len(files) + sum(1 for p, _ in report.failed)
+        with tqdm(total=len(files), desc="files", unit="file", disable=not progress) as bar:
+            for path in files:
+                bar.set_postfix_str(path.name[:40])
+                try:
+                    self._ingest_file(path, collection, report, progress)
+                except LoadError as exc:
+                    report.failed.append((str(path), str(exc)))
+                    log.warning("%s: %s", path, exc)
+                except OSError as exc:
+                    report.failed.append((str(path), f"cannot read file: {exc.strerror or exc}"))
+                bar.update(1)
+        if prune:
+            report.pruned = self.prune(collection)
+        report.seconds = time.perf_counter() - started
+        log.info("ingest into %s done in %.1fs", collection, report.seconds)
+        return report
+
+    def _ingest_file(self, path: Path, collection: str, report: IngestReport, progress: bool) -> None:
+        file_hash = file_sha256(path)
+        doc_id = doc_id_for(collection, path)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(documents).where(documents.c.id == doc_id)).mappings().first()
+        if row and row["file_hash"] == file_hash and self.store.count(collection, doc_id) == row["chunks"]:
+            report.unchanged += 1
+            report.pages += row["pages"] or 0
+            report.chunks += row["chunks"]
+            return
+        doc = load(path)
+        chunks = self.chunker.chunk(doc, doc_id, file_hash)
+        if not chunks:
+            raise LoadError("no text to index after chunking")
+        embedder = self.components.embedder
+        self.store.ensure_collection(collection, embedder.dim)
+        batch = 64
+        with tqdm(total=len(chunks), desc="  chunks", unit="chunk", leave=False, disable=not progress) as bar:
+            for start in range(0, len(chunks), batch):
+                part = chunks[start : start + batch]
+                vectors = embedder.embed_batch([embedding_text(c) for c in part])
+                self.store.upsert(collection, part, vectors)
+                bar.update(len(part))
+        self.store.delete_document(collection, doc_id, keep_file_hash=file_hash)
+        record = {
+            "collection": collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
+            "doc_type": doc.doc_type, "file_hash": file_hash, "size_bytes": path.stat().st_size,
+            "pages": doc.page_count, "chunks": len(chunks), "indexed_at": datetime.now(UTC),
+        }
+        with self.engine.begin() as conn:
+            if row:
+                conn.execute(sa.update(documents).where(documents.c.id == doc_id).values(**record))
+            else:
+                conn.execute(sa.insert(documents).values(id=doc_id, **record))
+        report.indexed += 1
+        report.pages += doc.page_count or 0
+        report.chunks += len(chunks)
+        report.embedded += len(chunks)
+
+    def prune(self, collection: str) -> list[str]:
+        removed = []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(documents.c.id, documents.c.path).where(documents.c.collection == collection)
+            ).all()
+        for doc_id, path in rows:
+            if not Path(path).exists():
+                self.store.delete_document(collection, doc_id)
+                with self.engine.begin() as conn:
+                    conn.execute(sa.delete(documents).where(documents.c.id == doc_id))
+                removed.append(path)
+                log.info("pruned %s", path)
+        return removed

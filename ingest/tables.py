@@ -1,0 +1,90 @@
+"""Financial statement tables from PDF text: label every figure with its column's period.
+
+PDF extraction flattens a table into lines such as
+
+    Three Months Ended Nine Months Ended
+    July 1, 2023 | June 25, 2022 | July 1, 2023 | June 25, 2022
+    Total net sales 81,797 82,959 293,787 304,182
+
+and nobody — least of all a small LLM — can tell which figure is the quarter's. We find the header block
+(period groups such as "Three Months Ended", dates, or bare years) above the first row of figures, build
+one label per column, and rewrite each row that has exactly one figure per column:
+
+    Total net sales: 81,797 (three months ended July 1, 2023) | 82,959 (three months ended June 25, 2022) | ...
+
+Rows we cannot align are left untouched, so the rewrite never loses text.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MONTH = (r"(?:January|February|March|April|May|June|July|August|September|October|November|December|"
+          r"Jan\.?|Feb\.?|Mar\.?|Apr\.?|Jun\.?|Jul\.?|Aug\.?|Sep\.?|Sept\.?|Oct\.?|Nov\.?|Dec\.?)")
+_DATE = re.compile(rf"\b{_MONTH} \d{{1,2}}, \d{{4}}\b")
+_PARTIAL_DATE = re.compile(rf"\b{_MONTH} \d{{1,2}},")
+_YEAR = re.compile(r"\b(?:19|20)\d{2}\b")
+_GROUP = re.compile(r"\b(Three|Six|Nine|Twelve) Months Ended\b", re.I)
+_NUM = r"(?:\$\s*)?\(?-?\d[\d,]*(?:\.\d+)?\)?%?|—|–"
+_ROW = re.compile(rf"^(?P<label>.*?[A-Za-z][^$\d]*?)\s*(?P<vals>(?:(?:{_NUM})\s*)+)$")
+_VALUE = re.compile(_NUM)
+_MAX_HEADER_LINES = 6
+
+
+def _row_values(line: str) -> tuple[str, list[str]] | None:
+    m = _ROW.match(line.strip())
+    if not m:
+        return None
+    values = [v.replace("$", "").replace(" ", "") for v in _VALUE.findall(m.group("vals"))]
+    return m.group("label").strip(" :"), values
+
+
+def _labels(header: list[str], n: int) -> list[str] | None:
+    text = " ".join(header)
+    groups = [g.group(0).lower() for g in _GROUP.finditer(text)]
+    dates = _DATE.findall(text)
+    if len(dates) < n:
+        years = _YEAR.findall(text)
+        if len(years) != n:
+            return None
+        partial = _PARTIAL_DATE.findall(text)
+        per = n // len(groups) if groups and n % len(groups) == 0 else 0
+        if len(partial) == n:
+            days = partial
+        elif per and len(partial) == len(groups):
+            days = [partial[i // per] for i in range(n)]
+        else:
+            days = partial * n if len(partial) == 1 else [""] * n
+        prefix = [groups[i // per] if per else "" for i in range(n)]
+        return [" ".join(x for x in (prefix[i], days[i], years[i]) if x) for i in range(n)]
+    dates = dates[-n:]
+    if groups and n % len(groups) == 0:
+        per = n // len(groups)
+        return [f"{groups[i // per]} {dates[i]}" for i in range(n)]
+    return dates if len(dates) == n else None
+
+
+def _is_header_line(line: str) -> bool:
+    return bool(_GROUP.search(line) or _DATE.search(line) or _PARTIAL_DATE.search(line)
+                or re.fullmatch(r"[\s\d|]*(?:19|20)\d{2}[\s\d|]*", line))
+
+
+def label_columns(text: str) -> str:
+    lines = text.split("\n")
+    out: list[str] = []
+    header: list[str] = []
+    labels: list[str] | None = None
+    for line in lines:
+        parsed = _row_values(line) if not _is_header_line(line) else None
+        if parsed and parsed[0] and len(parsed[1]) >= 2:
+            if header:
+                labels = _labels(header, len(parsed[1])) or labels
+                header = []
+            name, values = parsed
+            if labels and len(values) == len(labels):
+                out.append(f"{name}: " + " | ".join(f"{v} ({lab})" for v, lab in zip(values, labels, strict=True)))
+                continue
+        elif _is_header_line(line):
+            header = [*header[-(_MAX_HEADER_LINES - 1):], line]
+        out.append(line)
+    return "\n".join(out)
