@@ -1,0 +1,1 @@
+"""Offline evaluation: score retrieval (and answers) on question sets; see eval/README.md."""
