@@ -1,0 +1,294 @@
+"""A fake Ollama server that speaks the real HTTP API, so the real `ollama` client is exercised.
+
+Ollama cannot run here, so tests start this instead: a stdlib `ThreadingHTTPServer` on a free loopback
+port, in a background thread.
+
+    with FakeOllama(reply=lambda messages: "Net revenue rose 4% [1].") as server:
+        llm = OllamaLLM(server.url, "qwen2.5:7b-instruct")
+        ...
+        server.requests[-1].body["options"]["num_predict"]
+
+Endpoints, as Ollama serves them:
+- `POST /api/chat`: NDJSON stream (one JSON object per line, the last with `"done": true`), or a single
+  JSON object when the request says `"stream": false`. The reply is split into whitespace-led words, one
+  word per chunk and per "token": `options.num_predict` cuts it short (`"done_reason": "length"`).
+- `GET /api/tags`, `GET /api/version`, `POST /api/show`, `GET /` ("Ollama is running").
+- An unknown model is a 404 `{"error": "model \"x\" not found, try pulling it first"}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+Reply = Callable[[list[dict[str, Any]]], str]
+
+DEFAULT_MODEL = "qwen2.5:7b-instruct"
+VERSION = "0.12.6"
+
+
+def cite_first_source(messages: list[dict[str, Any]]) -> str:
+    """The default reply: deterministic, depends on the question, and cites source [1]."""
+    question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    words = len(str(question).split())
+    return f"According to the filing, the answer is in the first source [1]. The question had {words} words."
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def _canonical(model: str) -> str:
+    return model if ":" in model else f"{model}:latest"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _tokens(text: str) -> list[str]:
+    """Whitespace-led words: joined back together they give the text exactly."""
+    return re.findall(r"\s*\S+\s*$|\s*\S+", text) or ([text] if text else [])
+
+
+class FakeOllama:
+    """A real HTTP server on 127.0.0.1 speaking Ollama's API. Use it as a context manager.
+
+    reply: builds the answer text from the request's messages.
+    models: tags that `/api/tags` lists and `/api/chat` accepts; any other model is a 404.
+    chunk_delay_s: pause before each streamed chunk (to provoke client timeouts).
+    stream_error: if set, the stream sends this `{"error": ...}` line after the first chunk.
+    """
+
+    def __init__(
+        self,
+        reply: Reply = cite_first_source,
+        *,
+        models: Sequence[str] = (DEFAULT_MODEL,),
+        chunk_delay_s: float = 0.0,
+        stream_error: str | None = None,
+    ) -> None:
+        self.reply = reply
+        self.models = [_canonical(m) for m in models]
+        self.chunk_delay_s = chunk_delay_s
+        self.stream_error = stream_error
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeOllama is not running; use it as a context manager")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def chats(self) -> list[dict[str, Any]]:
+        """Bodies of the `/api/chat` requests received, oldest first."""
+        with self._lock:
+            return [r.body for r in self.requests if r.path == "/api/chat"]
+
+    def __enter__(self) -> FakeOllama:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-ollama", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._server = None
+
+    def _record(self, method: str, path: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(Recorded(method, path, body))
+
+    def _known(self, model: str) -> bool:
+        return _canonical(model) in self.models
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOllama
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeOllama"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    # --- plumbing -------------------------------------------------------------------------------------
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw else {}
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = True
+
+    def _not_found(self, model: str) -> None:
+        self._send_json(404, {"error": f'model "{model}" not found, try pulling it first'})
+
+    # --- routes ---------------------------------------------------------------------------------------
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def do_GET(self) -> None:
+        self.fake._record("GET", self.path, {})
+        if self.path == "/":
+            data = b"Ollama is running"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+        elif self.path == "/api/version":
+            self._send_json(200, {"version": VERSION})
+        elif self.path == "/api/tags":
+            self._send_json(200, {"models": [_model_entry(m) for m in self.fake.models]})
+        else:
+            self._send_json(404, {"error": "404 page not found"})
+
+    def do_POST(self) -> None:
+        try:
+            body = self._body()
+        except json.JSONDecodeError as exc:
+            self._send_json(400, {"error": f"invalid JSON: {exc}"})
+            return
+        self.fake._record("POST", self.path, body)
+        if self.path == "/api/chat":
+            self._chat(body)
+        elif self.path == "/api/show":
+            model = str(body.get("model") or body.get("name") or "")
+            if not self.fake._known(model):
+                self._not_found(model)
+                return
+            entry = _model_entry(_canonical(model))
+            self._send_json(
+                200,
+                {
+                    "modelfile": f"FROM {entry['name']}",
+                    "parameters": 'stop "<|im_end|>"',
+                    "template": "{{ .Prompt }}",
+                    "details": entry["details"],
+                    "model_info": {"general.architecture": "qwen2", "general.parameter_count": 7615616512},
+                    "capabilities": ["completion", "tools"],
+                    "modified_at": entry["modified_at"],
+                },
+            )
+        else:
+            self._send_json(404, {"error": "404 page not found"})
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        model = str(body.get("model") or "")
+        if not model:
+            self._send_json(400, {"error": "model is required"})
+            return
+        if not self.fake._known(model):
+            self._not_found(model)
+            return
+        messages = body.get("messages") or []
+        options = body.get("options") or {}
+        tokens = _tokens(self.fake.reply(messages))
+        limit = options.get("num_predict")
+        done_reason = "stop"
+        if isinstance(limit, int) and 0 <= limit < len(tokens):
+            tokens, done_reason = tokens[:limit], "length"
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        final = {
+            "done": True,
+            "done_reason": done_reason,
+            "total_duration": 1_000_000 * (len(tokens) + 1),
+            "load_duration": 1_000_000,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": 1_000_000,
+            "eval_count": len(tokens),
+            "eval_duration": 1_000_000 * len(tokens),
+        }
+        if body.get("stream", True) is False:
+            message = {"role": "assistant", "content": "".join(tokens)}
+            self._send_json(200, {"model": model, "created_at": _now(), "message": message, **final})
+            return
+
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for i, token in enumerate(tokens):
+                if self.fake.chunk_delay_s:
+                    time.sleep(self.fake.chunk_delay_s)
+                message = {"role": "assistant", "content": token}
+                self._chunk({"model": model, "created_at": _now(), "message": message, "done": False})
+                if i == 0 and self.fake.stream_error:
+                    self._chunk({"error": self.fake.stream_error})
+                    return
+            empty = {"role": "assistant", "content": ""}
+            self._chunk({"model": model, "created_at": _now(), "message": empty, **final})
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
+            return
+        finally:
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    def _chunk(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj).encode() + b"\n"
+        self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        self.wfile.flush()
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    family = name.split(":")[0].split(".")[0]
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": "2026-01-01T00:00:00Z",
+        "size": 4_683_087_332,
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": family,
+            "families": [family],
+            "parameter_size": "7.6B",
+            "quantization_level": "Q4_K_M",
+        },
+    }
