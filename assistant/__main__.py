@@ -13,7 +13,7 @@ def main() -> None:
     from .app import create_app
     from .settings import Settings
 
-    settings = Settings()
+    settings = Settings.load()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 

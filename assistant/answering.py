@@ -60,6 +60,8 @@ def page_list(hit: ScoredChunk) -> list[int]:
 def source_header(n: int, hit: ScoredChunk) -> str:
     c = hit.chunk
     parts = [c.source]
+    if c.title and c.title != c.source.rsplit(".", 1)[0]:
+        parts.append(c.title)
     if c.pages_label():
         parts.append(c.pages_label())
     if c.section:
@@ -127,12 +129,12 @@ class Answerer:
     ) -> Answer:
         timings: dict[str, int] = {}
         started = time.perf_counter()
-        hits = self.retriever.retrieve(question, collection, top_k or self.retrieval.top_k, filters)
+        found = self.retriever.search(question, collection, top_k or self.retrieval.top_k, filters)
+        hits = found.hits
         timings["retrieve"] = _ms(started)
         llm = self.llm_factory()
-        if not hits or hits[0].score < self.retrieval.min_score:
-            log.info("refusing: best score %.3f under %.3f", hits[0].score if hits else 0.0,
-                     self.retrieval.min_score)
+        if not hits or found.evidence < self.retrieval.min_score:
+            log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, self.retrieval.min_score)
             return Answer(REFUSAL_TEXT, [], hits, True, llm.name, self.prompt.version, timings)
         messages = build_messages(self.prompt, question, hits, self.retrieval.context_chars)
         t = time.perf_counter()

@@ -18,6 +18,7 @@ from .llm import LLM, LlamaCppLLM, OllamaLLM
 from .models import require_model
 from .retrieval import Retriever
 from .settings import Settings
+from .sparse import BM25Encoder
 from .store import QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Components:
         self._store = store
         self._llm = llm
         self._engine = engine
+        self._sparse: BM25Encoder | None = None
         self._lock = threading.RLock()
 
     def _once(self, attr: str, build: Any) -> Any:
@@ -90,8 +92,13 @@ class Components:
         return self._once("_engine", lambda: connect(self.settings.db_url))
 
     @property
+    def sparse(self) -> BM25Encoder:
+        return self._once("_sparse", BM25Encoder)
+
+    @property
     def retriever(self) -> Retriever:
-        return Retriever(self.embedder, self.store)
+        r = self.settings.retrieval
+        return Retriever(self.embedder, self.store, self.sparse if r.mode == "hybrid" else None, r.candidates)
 
     @property
     def answerer(self) -> Answerer:

@@ -33,6 +33,7 @@ documents = sa.Table(
     sa.Column("pages", sa.Integer),
     sa.Column("chunks", sa.Integer, nullable=False),
     sa.Column("indexed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("pipeline", sa.String(64), nullable=False, server_default=""),  # see ingest.pipeline
 )
 
 answers = sa.Table(

@@ -57,7 +57,13 @@ class SentenceTransformerEmbedder:
 
         torch.set_num_threads(threads)
         path = resolve_model_dir(model)
-        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        try:
+            self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ComponentUnavailable(
+                f"cannot load embedding model from {path}: {exc}; point EMBEDDING_MODEL at a "
+                "sentence-transformers model folder"
+            ) from exc
         self.name = model
         dim = self._model.get_embedding_dimension()
         if dim is None:  # pragma: no cover

@@ -58,6 +58,7 @@ class LlamaCppLLM:
         params.cpuparams_batch.n_threads = threads
         params.warmup = False
         params.endpoint_metrics = False
+        params.verbosity = -1  # llama.cpp's own logging; our errors surface as exceptions
         started = time.perf_counter()
         try:
             self._server = xlc.Server(params)
@@ -130,6 +131,7 @@ class OllamaLLM:
         self.host = host
         self.model = model
         self.name = f"ollama:{model}"
+        self.timeout_s = timeout_s
 
     def stream(
         self, messages: Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0
@@ -148,14 +150,32 @@ class OllamaLLM:
                 if text:
                     yield text
         except ollama.ResponseError as exc:
-            raise ComponentUnavailable(f"Ollama at {self.host} refused model {self.model!r}: {exc.error}") from exc
+            raise self._response_error(exc) from exc
+        except httpx.TimeoutException as exc:
+            raise ComponentUnavailable(
+                f"Ollama at {self.host} did not answer within {self.timeout_s:.0f}s (per read)"
+            ) from exc
         except (httpx.HTTPError, ConnectionError) as exc:
             raise ComponentUnavailable(f"Ollama at {self.host} is unreachable: {exc}") from exc
+
+    def _response_error(self, exc: Exception) -> ComponentUnavailable:
+        if getattr(exc, "status_code", None) == 404:
+            return ComponentUnavailable(
+                f"Ollama at {self.host} has no model {self.model!r}; run `ollama pull {self.model}` there"
+            )
+        return ComponentUnavailable(f"Ollama at {self.host} failed: {getattr(exc, 'error', exc)}")
 
     def ping(self) -> None:
+        """Raise ComponentUnavailable unless the server answers and has the model."""
         import httpx
+        import ollama
 
         try:
-            self._client.list()
+            self._client.show(self.model)
+        except ollama.ResponseError as exc:
+            raise self._response_error(exc) from exc
         except (httpx.HTTPError, ConnectionError) as exc:
             raise ComponentUnavailable(f"Ollama at {self.host} is unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self._client.close()

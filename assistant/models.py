@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("names", nargs="*", help="registered model names (default: LLM_MODEL)")
     sub.add_parser("list", help="list registered models and whether they are present")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = Settings.load()
     if args.command == "list":
         for spec in REGISTRY.values():
             present = (settings.models_dir / f"{spec.name}.gguf").is_file()

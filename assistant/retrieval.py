@@ -1,4 +1,8 @@
-"""Retrieval: embed the question once, search the store, return scored chunks best first."""
+"""Retrieval: embed the question once, search the store, return scored chunks best first.
+
+`hybrid` (default) fuses dense (MiniLM) and BM25 candidates by reciprocal rank in Qdrant's Query API;
+`dense` uses the embedder alone. Both work unchanged on embedded Qdrant and a Qdrant server.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,41 @@ from dataclasses import dataclass
 
 from .chunks import ScoredChunk
 from .embedding import Embedder, embed_one
+from .sparse import BM25Encoder
 from .store import Filters, VectorStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class Retrieval:
+    hits: list[ScoredChunk]
+    evidence: float  # best dense cosine similarity: how close the closest chunk really is
+
+
+@dataclass
 class Retriever:
     embedder: Embedder
     store: VectorStore
+    sparse: BM25Encoder | None = None  # None: dense only
+    candidates: int = 40
 
     def retrieve(
         self, question: str, collection: str, top_k: int, filters: Filters | None = None
     ) -> list[ScoredChunk]:
+        return self.search(question, collection, top_k, filters).hits
+
+    def search(self, question: str, collection: str, top_k: int, filters: Filters | None = None) -> Retrieval:
         started = time.perf_counter()
         vector = embed_one(self.embedder, question)
-        hits = self.store.search(collection, vector, top_k, filters)
-        log.debug("retrieve %d chunks from %s in %.0f ms", len(hits), collection,
+        if self.sparse is None:
+            hits = self.store.search(collection, vector, top_k, filters)
+            evidence = hits[0].score if hits else 0.0
+        else:
+            hits = self.store.search(collection, vector, top_k, filters,
+                                     sparse=self.sparse.encode_query(question), candidates=self.candidates)
+            nearest = self.store.search(collection, vector, 1, filters)
+            evidence = nearest[0].score if nearest else 0.0
+        log.debug("retrieved %d chunks from %s in %.0f ms", len(hits), collection,
                   (time.perf_counter() - started) * 1000)
-        return hits
+        return Retrieval(hits, evidence)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_FILE = ".env"
@@ -78,10 +78,14 @@ class OllamaSettings(_Section):
 class RetrievalSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="RETRIEVAL_", env_file=ENV_FILE, extra="ignore")
 
+    mode: Literal["hybrid", "dense"] = Field(
+        default="hybrid", description="'hybrid': dense + BM25 fused by reciprocal rank; 'dense': embeddings only."
+    )
+    candidates: int = Field(default=40, ge=1, le=1000, description="Candidates from each retriever before fusion.")
     top_k: int = Field(default=5, ge=1, le=50, description="Chunks given to the LLM as sources.")
     min_score: float = Field(
         default=0.25,
-        description="Cosine score under which the best chunk counts as no evidence: the assistant "
+        description="Dense cosine score under which the nearest chunk counts as no evidence: the assistant "
         "then says the documents do not contain the answer instead of asking the LLM.",
     )
     context_chars: int = Field(
@@ -92,7 +96,10 @@ class RetrievalSettings(_Section):
 class ChunkingSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="CHUNK_", env_file=ENV_FILE, extra="ignore")
 
-    size_tokens: int = Field(default=200, ge=32, le=512, description="Chunk size in embedder tokens.")
+    size_tokens: int = Field(
+        default=200, ge=32, le=240,
+        description="Chunk size in embedder tokens (MiniLM reads 256, less the title/section prefix).",
+    )
     overlap_tokens: int = Field(default=30, ge=0, description="Overlap between consecutive chunks.")
 
     @model_validator(mode="after")
@@ -103,7 +110,7 @@ class ChunkingSettings(_Section):
 
 
 class Settings(_Section):
-    """The whole configuration. Build it with `Settings()` at an entry point."""
+    """The whole configuration. Build it with `Settings.load()` at an entry point."""
 
     env: Literal["development", "production"] = Field(
         default="development", description="'production' refuses unsafe defaults."
@@ -134,6 +141,18 @@ class Settings(_Section):
             raise ValueError("ENV=production serving beyond loopback needs DATABASE_URL (a shared database)")
         return self
 
+    @classmethod
+    def load(cls) -> Settings:
+        """Settings from the environment, or exit with a readable message naming the bad variables."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            prefix = {m.__name__: m.model_config.get("env_prefix", "") for m in _SECTIONS}.get(exc.title, "")
+            problems = "; ".join(
+                f"{prefix}{'_'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise SystemExit(f"error: invalid settings (check your environment / .env): {problems}") from None
+
     @property
     def qdrant_path(self) -> Path:
         return self.store.path or self.data_dir / "qdrant"
@@ -146,3 +165,8 @@ class Settings(_Section):
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'finrag.db').resolve()}"
 
+
+
+_SECTIONS = (
+    StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings, Settings,
+)

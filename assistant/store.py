@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from qdrant_client import QdrantClient, models
 
 from .chunks import FILTERABLE_FIELDS, Chunk, ScoredChunk
 from .errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
+from .sparse import SparseVector
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +23,24 @@ FilterValue = str | int | list[str] | list[int]
 Filters = Mapping[str, FilterValue]
 
 
+DENSE = "dense"
+SPARSE = "bm25"
+
+
 class VectorStore(Protocol):
     def search(
-        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None
+        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None,
+        sparse: SparseVector | None = None, candidates: int | None = None,
     ) -> list[ScoredChunk]:
-        """The `limit` nearest chunks to `vector` that pass `filters`, best first."""
+        """The `limit` best chunks that pass `filters`, best first: nearest to `vector`, or, with `sparse`,
+        dense and BM25 candidates (`candidates` of each) fused by reciprocal rank."""
         ...
 
     def ensure_collection(self, collection: str, dim: int) -> None: ...
-    def upsert(self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None: ...
+    def upsert(
+        self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
+        sparse: Sequence[SparseVector] | None = None,
+    ) -> None: ...
     def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None: ...
     def count(self, collection: str, doc_id: str | None = None) -> int: ...
     def collections(self) -> list[str]: ...
@@ -66,14 +77,26 @@ class QdrantStore:
 
     @classmethod
     def embedded_at(cls, path: str) -> QdrantStore:
+        """Embedded Qdrant in `path`. Only one process may hold it: check the lock before loading."""
+        import portalocker
+
+        locked = IndexLocked(
+            f"the embedded index at {path} is open in another process (is the assistant running?). "
+            "Stop it, ingest through its API, or point QDRANT_URL at a Qdrant server."
+        )
+        lock_file = Path(path) / ".lock"
+        if lock_file.exists():
+            with lock_file.open("r+") as fh:
+                try:
+                    portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+                except portalocker.exceptions.LockException:
+                    raise locked from None
+                portalocker.unlock(fh)
         try:
             client = QdrantClient(path=path)
         except RuntimeError as exc:
             if "already accessed by another instance" in str(exc):
-                raise IndexLocked(
-                    f"the embedded index at {path} is open in another process (is the assistant running?). "
-                    "Stop it, ingest through its API, or point QDRANT_URL at a Qdrant server."
-                ) from exc
+                raise locked from exc
             raise
         return cls(client, embedded=True)
 
@@ -85,8 +108,14 @@ class QdrantStore:
         if self._client.collection_exists(collection):
             info = self._client.get_collection(collection)
             params = info.config.params.vectors
-            size = params.size if isinstance(params, models.VectorParams) else None
-            if size is not None and size != dim:
+            dense = params.get(DENSE) if isinstance(params, dict) else None
+            if dense is None:
+                raise ComponentUnavailable(
+                    f"collection {collection!r} was built by an older finrag (no named dense/bm25 vectors); "
+                    "delete it (or DATA_DIR/qdrant) and ingest again"
+                )
+            size = dense.size
+            if size != dim:
                 raise ComponentUnavailable(
                     f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
                     "re-ingest into a new collection (--collection) or switch the embedder back"
@@ -94,19 +123,26 @@ class QdrantStore:
             return
         log.info("creating collection %s (%d-d, cosine)", collection, dim)
         self._client.create_collection(
-            collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            collection,
+            vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
         )
         if not self.embedded:  # payload indexes are a server feature; embedded mode ignores them
             for key in FILTERABLE_FIELDS:
                 self._client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
 
-    def upsert(self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
-        if len(chunks) != len(vectors):
+    def upsert(
+        self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
+        sparse: Sequence[SparseVector] | None = None,
+    ) -> None:
+        if len(chunks) != len(vectors) or (sparse is not None and len(sparse) != len(chunks)):
             raise ValueError("one vector per chunk")
-        points = [
-            models.PointStruct(id=c.id, vector=list(v), payload=c.payload())
-            for c, v in zip(chunks, vectors, strict=True)
-        ]
+        points = []
+        for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
+            named: dict[str, Any] = {DENSE: list(vector)}
+            if sparse is not None:
+                named[SPARSE] = models.SparseVector(indices=sparse[i].indices, values=sparse[i].values)
+            points.append(models.PointStruct(id=chunk.id, vector=named, payload=chunk.payload()))
         for start in range(0, len(points), 256):
             self._client.upsert(collection, points[start : start + 256], wait=True)
 
@@ -130,16 +166,33 @@ class QdrantStore:
         return int(self._client.count(collection, count_filter=flt, exact=True).count)
 
     def search(
-        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None
+        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None,
+        sparse: SparseVector | None = None, candidates: int | None = None,
     ) -> list[ScoredChunk]:
         if not self._client.collection_exists(collection):
             raise UnknownCollection(
                 f"collection {collection!r} does not exist; ingest documents into it first "
                 f"(python -m ingest PATH --collection {collection})"
             )
-        response = self._client.query_points(
-            collection, query=list(vector), limit=limit, query_filter=build_filter(filters), with_payload=True
-        )
+        flt = build_filter(filters)
+        if sparse is None or not sparse.indices:
+            response = self._client.query_points(
+                collection, query=list(vector), using=DENSE, limit=limit, query_filter=flt, with_payload=True
+            )
+        else:
+            depth = max(candidates or limit, limit)
+            response = self._client.query_points(
+                collection,
+                prefetch=[
+                    models.Prefetch(query=list(vector), using=DENSE, limit=depth, filter=flt),
+                    models.Prefetch(
+                        query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                        using=SPARSE, limit=depth, filter=flt,
+                    ),
+                ],
+                query=models.FusionQuery(fusion=models.Fusion.RRF),
+                limit=limit, with_payload=True,
+            )
         return [
             ScoredChunk(chunk=Chunk.from_payload(p.payload or {}), score=float(p.score), point_id=str(p.id))
             for p in response.points

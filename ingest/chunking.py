@@ -152,6 +152,8 @@ class Chunker:
         self._splitter = SentenceSplitter(
             chunk_size=size_tokens, chunk_overlap=overlap_tokens, tokenizer=tokenize,
             include_metadata=False, include_prev_next_rel=False,
+            # After sentences, split on lines (table rows), never on the commas inside "81,797".
+            secondary_chunking_regex=r"[^\n]+\n?",
         )
 
     def chunk(self, doc: LoadedDocument, doc_id: str, file_hash: str) -> list[Chunk]:

@@ -29,13 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collection", help="Qdrant collection (default: COLLECTION setting)")
     parser.add_argument("--prune", action="store_true", help="remove chunks of files that no longer exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--if-empty", action="store_true",
+                        help="do nothing when the collection already holds documents (used by `make run`)")
     args = parser.parse_args(argv)
 
-    settings = Settings()
+    settings = Settings.load()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     collection = args.collection or settings.collection
     components = Components(settings)
     try:
+        if args.if_empty and (n := components.store.count(collection)):
+            print(f"collection {collection!r} already holds {n} chunks; nothing to do (--if-empty)")
+            return 0
         report = Ingestor(components).ingest(args.paths, collection, prune=args.prune, progress=not args.quiet)
     except FinragError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

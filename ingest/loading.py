@@ -163,7 +163,7 @@ def _load_html(path: Path) -> list[Page]:
         block.insert_after("\n")
     text = soup.get_text()
     text = re.sub(r"[ \t\xa0]+", " ", text)
-    text = re.sub(r"\n\s*\n+", "\n\n", text)
+    text = re.sub(r"\n[^\S\f]*\n+", "\n\n", text)  # keep \f: it marks a page break
     parts = text.split("\f")
     if len(parts) == 1:
         return [Page(None, parts[0].strip())]

