@@ -25,6 +25,8 @@ NOT_FOUND_MARK = "NOT_FOUND"
 REFUSAL_TEXT = "I could not find the answer to this question in the indexed documents."
 _CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 SNIPPET_CHARS = 400
+# Repeated after the sources: small models follow the instruction they read last.
+ANSWER_REMINDER = "Answer from the sources above and cite each fact with its source number, like [2]."
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ def source_header(n: int, hit: ScoredChunk) -> str:
 
 
 def build_messages(prompt: Prompt, question: str, hits: Sequence[ScoredChunk], max_chars: int) -> list[Message]:
-    """System prompt + one user message holding the numbered sources and the question."""
+    """System prompt + one user message holding the numbered sources and the question.
+
+    Sources are added in rank order until `max_chars` of source text; `shown_sources` tells how many made it.
+    """
     blocks: list[str] = []
     used = 0
     for n, hit in enumerate(hits, start=1):
@@ -81,8 +86,13 @@ def build_messages(prompt: Prompt, question: str, hits: Sequence[ScoredChunk], m
         text = text[:room]
         used += len(text)
         blocks.append(f"{source_header(n, hit)}\n{text}")
-    user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}"
+    user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}\n\n{ANSWER_REMINDER}"
     return [{"role": "system", "content": prompt.text}, {"role": "user", "content": user}]
+
+
+def shown_sources(messages: Sequence[Message]) -> int:
+    """How many numbered sources `build_messages` put into the prompt."""
+    return len(re.findall(r"^\[\d+\] \(", messages[-1]["content"], re.M))
 
 
 def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int]]:
@@ -112,8 +122,39 @@ def make_citation(n: int, hit: ScoredChunk) -> Citation:
     )
 
 
+_FIGURE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d{3,}")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
+
+
+def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list[int]]:
+    """Cite, for each uncited sentence with figures, the best-ranked source that prints all of them.
+
+    Small models often state a figure correctly but forget the [n]; a figure found verbatim in a source is
+    strong evidence of where it came from. Sentences without figures stay uncited.
+    """
+    cited: list[int] = []
+    out = []
+    for sentence in _SENTENCE_END.split(text):
+        figures = [f for f in _FIGURE.findall(sentence) if not re.fullmatch(r"(19|20)\d{2}", f)]
+        source = next((n for n, hit in enumerate(hits, start=1)
+                       if figures and all(f in hit.chunk.text for f in figures)), None)
+        if source is not None:
+            stripped = sentence.rstrip()
+            end = len(stripped) - 1 if stripped.endswith((".", "!", "?")) else len(stripped)
+            sentence = f"{stripped[:end]} [{source}]{stripped[end:]}"
+            if source not in cited:
+                cited.append(source)
+        out.append(sentence)
+    return " ".join(out), cited
+
+
+_REFUSAL = re.compile(r"\W*not[\s_]found\b", re.I)
+_ONLY_MARKS = re.compile(r"(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\]\s*[.,;:]?)*\s*")
+
+
 def is_refusal(text: str) -> bool:
-    return NOT_FOUND_MARK in text.upper().replace(" ", "_") or not text.strip()
+    """The model's NOT_FOUND (alone or leading the reply), an empty reply, or one of bare citation marks."""
+    return bool(_REFUSAL.match(text)) or _ONLY_MARKS.fullmatch(text) is not None
 
 
 @dataclass
@@ -132,22 +173,31 @@ class Answerer:
         found = self.retriever.search(question, collection, top_k or self.retrieval.top_k, filters)
         hits = found.hits
         timings["retrieve"] = _ms(started)
-        llm = self.llm_factory()
         if not hits or found.evidence < self.retrieval.min_score:
             log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, self.retrieval.min_score)
-            return Answer(REFUSAL_TEXT, [], hits, True, llm.name, self.prompt.version, timings)
+            return Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings)
+        llm = self.llm_factory()
         messages = build_messages(self.prompt, question, hits, self.retrieval.context_chars)
         t = time.perf_counter()
         raw = complete(llm, messages, max_tokens=self.llm_settings.max_tokens,
                        temperature=self.llm_settings.temperature)
         timings["generate"] = _ms(t)
-        return self.finish(raw, hits, llm.name, timings)
+        return self.finish(raw, hits, llm.name, timings, shown=shown_sources(messages))
 
-    def finish(self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int]) -> Answer:
+    def finish(
+        self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int], shown: int | None = None
+    ) -> Answer:
+        """Turn the model's reply into an Answer; citations may only point to the `shown` sources."""
         if is_refusal(raw):
             return Answer(REFUSAL_TEXT, [], list(hits), True, model, self.prompt.version, timings)
-        text, cited, dropped = extract_citations(raw, len(hits))
+        shown = len(hits) if shown is None else min(shown, len(hits))
+        text, cited, dropped = extract_citations(raw, shown)
         warnings: list[str] = []
+        if not cited:
+            text, cited = attribute_figures(text, hits[:shown])
+            if cited:
+                warnings.append("the model cited no source; citations were added where the answer's figures "
+                                "appear verbatim in a source")
         if dropped:
             log.warning("dropped citations to missing sources: %s", dropped)
             warnings.append(f"removed citations to sources that do not exist: {sorted(set(dropped))}")

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, components: Components | None = None,
                *, preload: bool = True) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
+    owns_components = components is None
     components = components or Components(settings)
 
     @asynccontextmanager
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None, components: Components | None =
         if preload:
             await run_in_threadpool(_preload, components)
         yield
-        components.close()
+        if owns_components:  # components handed in belong to the caller
+            components.close()
 
     app = FastAPI(
         title="finrag", version=__version__, lifespan=lifespan,

@@ -1,8 +1,8 @@
 """Errors of the assistant, each carrying the HTTP status it maps to.
 
     FinragError (500)
-    ├── BadRequest (400)
-    │   └── InvalidFilter (422)
+    ├── BadRequest (422)            the request is well-formed JSON but cannot be served as asked
+    │   └── InvalidFilter
     ├── NotFound (404)
     │   ├── UnknownAnswer
     │   └── UnknownCollection
@@ -27,12 +27,11 @@ class FinragError(Exception):
 
 
 class BadRequest(FinragError):
-    status_code = 400
+    status_code = 422
     code = "bad_request"
 
 
 class InvalidFilter(BadRequest):
-    status_code = 422
     code = "invalid_filter"
 
 

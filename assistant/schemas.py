@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 
 class ChatRequest(BaseModel):
     question: str = Field(min_length=1, description="The question, in natural language.")
     collection: str | None = Field(default=None, description="Collection to search (default: the server's).")
-    filters: dict[str, str | int | list[str] | list[int]] | None = Field(
+    filters: dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]] | None = Field(
         default=None,
         description="Payload filters, all must hold: e.g. {\"source\": \"2023 Q3 AAPL.pdf\"} or "
         "{\"doc_type\": \"regulation\", \"family\": [\"COBS\", \"AML\"]}.",

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 
 from assistant.answering import (
+    ANSWER_REMINDER,
     NOT_FOUND_MARK,
     REFUSAL_TEXT,
     SNIPPET_CHARS,
@@ -101,12 +102,16 @@ def test_extract_citations_without_marks() -> None:
 # --- is_refusal -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [NOT_FOUND_MARK, "NOT_FOUND.", "Not found", "not found", "NOT FOUND", "", "  \n"])
+@pytest.mark.parametrize(
+    "raw", [NOT_FOUND_MARK, "NOT_FOUND.", "Not found", "not found", "NOT FOUND", "", "  \n", "[1]", "[1][2]."]
+)
 def test_is_refusal_recognises_not_found_and_empty(raw: str) -> None:
     assert is_refusal(raw)
 
 
-@pytest.mark.parametrize("raw", ["Total net sales were $81,797 million [1].", "Fees are paid in USD [1].", "[1]"])
+@pytest.mark.parametrize(
+    "raw", ["Total net sales were $81,797 million [1].", "Fees are paid in USD [1].", "81,797 [1]"]
+)
 def test_is_refusal_accepts_answers(raw: str) -> None:
     assert not is_refusal(raw)
 
@@ -138,7 +143,7 @@ def test_build_messages_numbers_sources_with_headers() -> None:
     assert f"{headers[0]}\nTotal net sales" in user
     assert f"{headers[1]}\nFees must be paid in USD." in user
     assert user.startswith("Sources:")
-    assert user.endswith("Question: What were net sales?")
+    assert user.endswith("Question: What were net sales?\n\n" + ANSWER_REMINDER)
 
 
 def test_build_messages_shows_a_title_that_says_more_than_the_file_name() -> None:
@@ -186,11 +191,24 @@ def test_finish_keeps_cited_sources(answerer: Answerer) -> None:
 
 
 def test_finish_warns_when_no_source_is_cited(answerer: Answerer) -> None:
-    answer = answerer.finish("Total net sales were $81,797 million.", [APPLE], "m", {})
+    answer = answerer.finish("Net sales fell in the quarter.", [APPLE], "m", {})
     assert not answer.refused
     assert answer.citations == []
     assert len(answer.warnings) == 1
     assert "cites no source" in answer.warnings[0]
+
+
+def test_finish_attributes_uncited_figures_to_the_source_printing_them(answerer: Answerer) -> None:
+    answer = answerer.finish("Total net sales were $81,797 million. Fees are due in USD.", [FEES, APPLE], "m", {})
+    assert answer.answer == "Total net sales were $81,797 million [2]. Fees are due in USD."
+    assert [(c.n, c.source) for c in answer.citations] == [(2, APPLE.chunk.source)]
+    assert any("added where the answer's figures appear verbatim" in w for w in answer.warnings)
+
+
+def test_finish_keeps_citations_to_sources_the_model_saw(answerer: Answerer) -> None:
+    answer = answerer.finish("Fees are due in USD [1]. Sales were 81,797 [2].", [FEES, APPLE], "m", {}, shown=1)
+    assert [c.n for c in answer.citations] == [1]
+    assert "[2]" not in answer.answer and any("do not exist" in w for w in answer.warnings)
 
 
 def test_finish_warns_about_dropped_citations(answerer: Answerer) -> None:

@@ -128,7 +128,7 @@ def test_ollama_unknown_model(fake_ollama: FakeOllama) -> None:
     with pytest.raises(ComponentUnavailable) as caught:
         complete(llm, QUESTION)
     assert "no-such-model:1b" in caught.value.message
-    assert "not found" in caught.value.message
+    assert "ollama pull no-such-model:1b" in caught.value.message
     assert fake_ollama.url in caught.value.message
 
 
@@ -151,11 +151,13 @@ def test_ollama_sends_options_and_messages_intact(fake_ollama: FakeOllama) -> No
     assert answer == " ".join(_long_reply([]).split()[:12])  # the fake honoured num_predict
 
 
-def test_ollama_ping_lists_models(fake_ollama: FakeOllama) -> None:
+def test_ollama_ping_checks_the_model_is_there(fake_ollama: FakeOllama) -> None:
     llm = OllamaLLM(fake_ollama.url, DEFAULT_MODEL, timeout_s=5)
     before = len(fake_ollama.requests)
     llm.ping()
-    assert [(r.method, r.path) for r in fake_ollama.requests[before:]] == [("GET", "/api/tags")]
+    assert [(r.method, r.path) for r in fake_ollama.requests[before:]] == [("POST", "/api/show")]
+    with pytest.raises(ComponentUnavailable, match="ollama pull missing:1b"):
+        OllamaLLM(fake_ollama.url, "missing:1b", timeout_s=5).ping()
 
 
 def test_ollama_error_mid_stream() -> None:

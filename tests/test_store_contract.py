@@ -210,9 +210,6 @@ def test_second_embedded_open_of_a_directory_is_refused(tmp_path: Path) -> None:
         again.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "qdrant-client's QdrantLocal._load opens DIR/.lock and raises without closing it when the lock is held; "
-    "QdrantStore.embedded_at should take (and release) the lock itself before opening the client"))
 def test_refused_open_leaks_no_file_handle(tmp_path: Path) -> None:
     path = str(tmp_path / "qdrant")
     first = QdrantStore.embedded_at(path)
