@@ -82,8 +82,8 @@ class SentenceTransformerEmbedder:
         return [v.tolist() for v in vectors]
 
     def count_tokens(self, text: str) -> int:
-        return len(self._model.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenize(text))
 
     def tokenize(self, text: str) -> list[int]:
-        ids: list[int] = self._model.tokenizer.encode(text, add_special_tokens=False)
+        ids: list[int] = self._model.tokenizer.encode(text, add_special_tokens=False, verbose=False)
         return ids
