@@ -71,28 +71,36 @@ def source_header(n: int, hit: ScoredChunk) -> str:
     return f"[{n}] ({', '.join(parts)})"
 
 
-def build_messages(prompt: Prompt, question: str, hits: Sequence[ScoredChunk], max_chars: int) -> list[Message]:
-    """System prompt + one user message holding the numbered sources and the question.
+def source_texts(hits: Sequence[ScoredChunk], max_chars: int) -> list[str]:
+    """The text of each source that fits the prompt, in rank order, trimmed to `max_chars` in all.
 
-    Sources are added in rank order until `max_chars` of source text; `shown_sources` tells how many made it.
+    The best source is always shown; later ones only while more than 200 characters of room are left.
     """
-    blocks: list[str] = []
+    texts: list[str] = []
     used = 0
-    for n, hit in enumerate(hits, start=1):
-        text = hit.chunk.text.strip()
+    for hit in hits:
         room = max_chars - used
-        if room <= 200 and blocks:
+        if room <= 200 and texts:
             break
-        text = text[:room]
+        text = hit.chunk.text.strip()[:room]
         used += len(text)
-        blocks.append(f"{source_header(n, hit)}\n{text}")
+        texts.append(text)
+    return texts
+
+
+def render_messages(
+    prompt: Prompt, question: str, hits: Sequence[ScoredChunk], texts: Sequence[str]
+) -> list[Message]:
+    """System prompt + one user message: numbered sources (`texts[i]` shows `hits[i]`), then the question."""
+    shown = zip(hits, texts, strict=False)  # texts may cover only the first hits
+    blocks = [f"{source_header(n, hit)}\n{text}" for n, (hit, text) in enumerate(shown, start=1)]
     user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}\n\n{ANSWER_REMINDER}"
     return [{"role": "system", "content": prompt.text}, {"role": "user", "content": user}]
 
 
-def shown_sources(messages: Sequence[Message]) -> int:
-    """How many numbered sources `build_messages` put into the prompt."""
-    return len(re.findall(r"^\[\d+\] \(", messages[-1]["content"], re.M))
+def build_messages(prompt: Prompt, question: str, hits: Sequence[ScoredChunk], max_chars: int) -> list[Message]:
+    """The prompt for `question` over as many of `hits` as fit in `max_chars` of source text."""
+    return render_messages(prompt, question, hits, source_texts(hits, max_chars))
 
 
 def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int]]:
@@ -177,12 +185,13 @@ class Answerer:
             log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, self.retrieval.min_score)
             return Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings)
         llm = self.llm_factory()
-        messages = build_messages(self.prompt, question, hits, self.retrieval.context_chars)
+        texts = source_texts(hits, self.retrieval.context_chars)
+        messages = render_messages(self.prompt, question, hits, texts)
         t = time.perf_counter()
         raw = complete(llm, messages, max_tokens=self.llm_settings.max_tokens,
                        temperature=self.llm_settings.temperature)
         timings["generate"] = _ms(t)
-        return self.finish(raw, hits, llm.name, timings, shown=shown_sources(messages))
+        return self.finish(raw, hits, llm.name, timings, shown=len(texts))
 
     def finish(
         self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int], shown: int | None = None
