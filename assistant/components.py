@@ -16,7 +16,7 @@ from .db import connect
 from .embedding import Embedder, SentenceTransformerEmbedder
 from .llm import LLM, LlamaCppLLM, OllamaLLM
 from .models import require_model
-from .retrieval import Retriever
+from .retrieval import RetrievalMode, Retriever
 from .settings import Settings
 from .sparse import BM25Encoder
 from .store import QdrantStore, VectorStore
@@ -97,8 +97,12 @@ class Components:
 
     @property
     def retriever(self) -> Retriever:
-        r = self.settings.retrieval
-        return Retriever(self.embedder, self.store, self.sparse if r.mode == "hybrid" else None, r.candidates)
+        return self.retriever_for(self.settings.retrieval.mode)
+
+    def retriever_for(self, mode: RetrievalMode) -> Retriever:
+        """A retriever of the given mode over the shared embedder and store (eval baselines use this)."""
+        sparse = self.sparse if mode in ("hybrid", "bm25") else None
+        return Retriever(self.embedder, self.store, sparse, self.settings.retrieval.candidates, mode == "bm25")
 
     @property
     def answerer(self) -> Answerer:

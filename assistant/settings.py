@@ -78,8 +78,9 @@ class OllamaSettings(_Section):
 class RetrievalSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="RETRIEVAL_", env_file=ENV_FILE, extra="ignore")
 
-    mode: Literal["hybrid", "dense"] = Field(
-        default="hybrid", description="'hybrid': dense + BM25 fused by reciprocal rank; 'dense': embeddings only."
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        default="hybrid",
+        description="'hybrid': dense + BM25 fused by reciprocal rank; 'dense': embeddings only; 'bm25': BM25 only.",
     )
     candidates: int = Field(default=40, ge=1, le=1000, description="Candidates from each retriever before fusion.")
     top_k: int = Field(default=5, ge=1, le=50, description="Chunks given to the LLM as sources.")

@@ -29,11 +29,12 @@ SPARSE = "bm25"
 
 class VectorStore(Protocol):
     def search(
-        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None,
+        self, collection: str, vector: Sequence[float] | None, limit: int, filters: Filters | None = None,
         sparse: SparseVector | None = None, candidates: int | None = None,
     ) -> list[ScoredChunk]:
-        """The `limit` best chunks that pass `filters`, best first: nearest to `vector`, or, with `sparse`,
-        dense and BM25 candidates (`candidates` of each) fused by reciprocal rank."""
+        """The `limit` best chunks that pass `filters`, best first: nearest to `vector`; with `sparse`,
+        dense and BM25 candidates (`candidates` of each) fused by reciprocal rank; with `sparse` and no
+        `vector`, BM25 alone."""
         ...
 
     def ensure_collection(self, collection: str, dim: int) -> None: ...
@@ -166,7 +167,7 @@ class QdrantStore:
         return int(self._client.count(collection, count_filter=flt, exact=True).count)
 
     def search(
-        self, collection: str, vector: Sequence[float], limit: int, filters: Filters | None = None,
+        self, collection: str, vector: Sequence[float] | None, limit: int, filters: Filters | None = None,
         sparse: SparseVector | None = None, candidates: int | None = None,
     ) -> list[ScoredChunk]:
         if not self._client.collection_exists(collection):
@@ -175,7 +176,14 @@ class QdrantStore:
                 f"(python -m ingest PATH --collection {collection})"
             )
         flt = build_filter(filters)
-        if sparse is None or not sparse.indices:
+        if vector is None:  # BM25 alone (a question of stop words only finds nothing)
+            if sparse is None or not sparse.indices:
+                return []
+            response = self._client.query_points(
+                collection, query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                using=SPARSE, limit=limit, query_filter=flt, with_payload=True,
+            )
+        elif sparse is None or not sparse.indices:
             response = self._client.query_points(
                 collection, query=list(vector), using=DENSE, limit=limit, query_filter=flt, with_payload=True
             )

@@ -238,3 +238,21 @@ def test_payload_round_trips_through_every_field(store: QdrantStore, name: str) 
     assert hit.chunk == original
     assert hit.chunk.pages_label() == "p. 4"
 
+
+
+def test_bm25_alone_ranks_by_sparse_score_and_honours_filters(store: QdrantStore, name: str) -> None:
+    from assistant.sparse import SparseVector
+
+    chunks = fill(store, name)
+    keys = list(chunks)
+    # term 7 only in "apart" (twice as strong) and "opposite"; term 9 in "close": dense order plays no part
+    sparse = {k: SparseVector([], []) for k in keys}
+    sparse["apart"] = SparseVector([7], [2.0])
+    sparse["opposite"] = SparseVector([7], [1.0])
+    sparse["close"] = SparseVector([9], [1.0])
+    store.upsert(name, list(chunks.values()), [unit(1, 0, 0, 0)] * len(keys), [sparse[k] for k in keys])
+    hits = store.search(name, None, limit=5, sparse=SparseVector([7], [1.0]))
+    assert [h.chunk for h in hits] == [chunks["apart"], chunks["opposite"]]
+    only_nvda = store.search(name, None, limit=5, filters={"source": "nvda.pdf"}, sparse=SparseVector([7], [1.0]))
+    assert [h.chunk for h in only_nvda] == [chunks["opposite"]]
+    assert store.search(name, None, limit=5, sparse=SparseVector([], [])) == []  # a query of stop words only
