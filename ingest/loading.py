@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .tables import label_columns
+from .tables import label_columns, label_table
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,17 @@ def _read_text(path: Path) -> str:
     return raw.decode("latin-1")
 
 
+# pypdf refuses arrays of more than 100,000 elements (a guard against hostile files); real 10-Qs (Microsoft's)
+# hold bigger ones. Memory stays bounded at this limit; beyond it the file fails with a clear message.
+PDF_MAX_ARRAY_ELEMENTS = 5_000_000
+
+
 def _load_pdf(path: Path) -> list[Page]:
-    from pypdf import PdfReader
+    from pypdf import PdfReader, apply_configuration
     from pypdf.errors import PdfReadError, PyPdfError
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), apply_configuration(array_maximum_element_count=PDF_MAX_ARRAY_ELEMENTS):
             warnings.simplefilter("ignore")
             reader = PdfReader(path)
             if reader.is_encrypted:
@@ -150,13 +155,11 @@ def _load_html(path: Path) -> list[Page]:
         else:
             tag.insert_after("\f")
     for table in soup.find_all("table"):
-        rows = []
+        grid = []
         for tr in table.find_all("tr"):
             cells = [" ".join(td.get_text(" ").split()) for td in tr.find_all(["td", "th"])]
-            cells = [c for c in cells if c and c not in ("$", ")", "%")]
-            if cells:
-                rows.append(" | ".join(cells))
-        table.replace_with("\n" + "\n".join(rows) + "\n")
+            grid.append(["" if c in ("$", ")", "%") else c for c in cells])
+        table.replace_with("\n" + "\n".join(label_table(grid)) + "\n")
     for br in soup.find_all("br"):
         br.replace_with("\n")
     for block in soup.find_all(["p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "tr"]):

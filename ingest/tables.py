@@ -109,3 +109,50 @@ def label_columns(text: str) -> str:
             header = [*header[-(_MAX_HEADER_LINES - 1):], line]
         out.append(line)
     return "\n".join(out)
+
+
+# --- HTML tables: the cells are known, so columns are labelled from the header rows directly ---------------
+
+_FIGURE = re.compile(rf"^(?:{_NUM})$")
+
+
+def _is_figure(cell: str) -> bool:
+    return bool(_FIGURE.match(cell.replace(" ", "")))
+
+
+def _is_body_figure(cell: str) -> bool:
+    """A figure that is no bare year: "2019" above a column is a header."""
+    return _is_figure(cell) and not re.fullmatch(r"(?:19|20)\d{2}", cell.strip())
+
+
+def label_table(grid: list[list[str]]) -> list[str]:
+    """Rows of an HTML table as text lines, every figure labelled with its column header.
+
+    Header rows are the rows above the first row holding a figure. A header row with one filled cell
+    (e.g. "Years Ended September 30,") is a caption for all columns; other header rows name columns by
+    position. A body row whose figures sit under labelled columns becomes
+    `Total sales: $1,496.5 (Years Ended September 30, 2019) | $1,202.9 (… 2018)`; rows that do not fit
+    (spacer cells, colspans) are written as their cells joined by " | ", so nothing is lost.
+    """
+    rows = [[" ".join(c.split()) for c in row] for row in grid]
+    first_body = next((i for i, row in enumerate(rows) if any(_is_body_figure(c) for c in row[1:])), len(rows))
+    header, body = rows[:first_body], rows[first_body:]
+    width = max((len(r) for r in rows), default=0)
+    captions = [next(c for c in row if c) for row in header if sum(1 for c in row if c) == 1]
+    columns: list[list[str]] = [[] for _ in range(width)]
+    for row in header:
+        if sum(1 for c in row if c) > 1:
+            for j, cell in enumerate(row):
+                if cell and j > 0:
+                    columns[j].append(cell)
+    caption = " ".join(captions)
+    labels = [" ".join(x for x in (caption, " ".join(col)) if x) for col in columns]
+    out = [" | ".join(c for c in row if c) for row in header if any(row)]
+    for row in body:
+        name, cells = (row[0], row[1:]) if row else ("", [])
+        filled = [(j, c) for j, c in enumerate(cells, start=1) if c]
+        if name and filled and all(labels[j] for j, _ in filled) and any(_is_figure(c) for _, c in filled):
+            out.append(f"{name.rstrip(' :')}: " + " | ".join(f"{c} ({labels[j]})" for j, c in filled))
+        elif any(row):
+            out.append(" | ".join(c for c in row if c))
+    return out

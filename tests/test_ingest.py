@@ -29,7 +29,7 @@ from assistant.store import QdrantStore
 from ingest.cli import main
 from ingest.loading import fix_table_headers
 from ingest.pipeline import Ingestor, doc_id_for
-from ingest.tables import label_columns
+from ingest.tables import label_columns, label_table
 
 AAPL_Q3 = "2023 Q3 AAPL.pdf"
 CONF = SAMPLES / "adgm" / "CONF_VER03.18042019.txt"
@@ -355,6 +355,23 @@ Liquidity stress tests run every month.
 
 Currency exposure above five million dollars is hedged with forwards.
 """
+
+
+def test_html_tables_label_every_figure_with_its_column_header() -> None:
+    grid = [["", "", "Years Ended September 30,", ""], ["", "2019", "2018", "2017"],
+            ["Fixed Price", "$ 1,452.4", "$ 1,146.2", "$ 1,036.9"], ["Assets", "", "", ""],
+            ["Growth", "", "5%", ""], ["Note", "see below", "", ""]]
+    assert label_table(grid) == [
+        "Years Ended September 30,",
+        "2019 | 2018 | 2017",
+        "Fixed Price: $ 1,452.4 (Years Ended September 30, 2019) | $ 1,146.2 (Years Ended September 30, 2018)"
+        " | $ 1,036.9 (Years Ended September 30, 2017)",
+        "Assets",
+        "Growth: 5% (Years Ended September 30, 2018)",
+        "Note | see below",
+    ]
+    assert label_table([["Name", "Role"], ["Ann", "CEO"]]) == ["Name | Role", "Ann | CEO"]  # no figures: as is
+    assert label_table([]) == []
 
 
 def test_sec_html_filing_keeps_pages_items_and_table_rows(tmp_path: Path, fresh_components: Components) -> None:
