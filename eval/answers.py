@@ -1,13 +1,16 @@
-"""Answer scores of one question: numbers stated, token F1 against the reference, refusal correctness.
+"""Answer scores of one question: numbers stated, token F1, cited sources, refusals (see eval/README.md).
 
-- `numeric_recall`: share of the reference's distinct numbers the answer states (see `numbers.py`);
-  `numeric_exact`: 1.0 when it states all of them. Both absent when the reference has no number.
+- `numeric_match`: 1.0 when the answer states every distinct number of the reference (see `numbers.py`);
+  `numeric_recall`: the share of them it states. Both absent when the reference has no number.
 - `token_f1`: SQuAD-style F1 of answer and reference tokens (lowercased, punctuation and the articles
-  a/an/the removed, split on whitespace). A refusal scores 0.0 against a reference.
-- `refusal_correct`: for a question marked `"answerable": false`, 1.0 when the assistant refused.
-  `false_refusal`: for an answerable question, 1.0 when it refused.
+  a/an/the removed, split on whitespace; citation marks `[n]` removed first). A refusal scores 0.0.
+- `citation_precision`: for an answer that was given (not refused) to a question with evidence and that
+  cites at least one source, the share of its distinct cited chunks that match an evidence item
+  (`matching.matches`). A citation pointing to no retrieved chunk counts as not matching.
+- `refusal_accuracy`: for a question marked `"answerable": false`, 1.0 when the assistant refused.
+  `over_refusal`: for an answerable question, 1.0 when it refused.
 Scores that do not apply to a question are left out of its dict, so means run over the questions they
-apply to.
+apply to. `judge_correct` and `judge_faithful` come from `judge.py` into the same dict.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from assistant.answering import Answer
 
+from .matching import matches
 from .numbers import numbers_found
 from .questions import Question
 
@@ -26,7 +30,10 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _CITATION = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 
-ANSWER_METRICS = ("token_f1", "numeric_recall", "numeric_exact", "refusal_correct", "false_refusal")
+ANSWER_METRICS = (
+    "numeric_match", "numeric_recall", "token_f1", "citation_precision", "refusal_accuracy", "over_refusal",
+    "judge_correct", "judge_faithful",
+)
 
 
 def normalize(text: str) -> str:
@@ -36,6 +43,7 @@ def normalize(text: str) -> str:
 
 
 def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall after `normalize`; 1.0 when both sides are empty."""
     pred, ref = normalize(prediction).split(), normalize(reference).split()
     if not pred or not ref:
         return float(pred == ref)
@@ -46,22 +54,37 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def citation_precision(question: Question, answer: Answer) -> float | None:
+    """Share of the distinct cited chunks that match an evidence item; None where it does not apply."""
+    cited = sorted({c.n for c in answer.citations})
+    if answer.refused or not question.evidence or not cited:
+        return None
+    good = 0
+    for n in cited:
+        if 1 <= n <= len(answer.retrieved):
+            chunk = answer.retrieved[n - 1].chunk
+            good += any(matches(item, chunk) for item in question.evidence)
+    return good / len(cited)
+
+
 def answer_scores(question: Question, answer: Answer) -> dict[str, float]:
     """The answer metrics that apply to this question (see the module docstring)."""
     scores: dict[str, float] = {}
-    if not question.answerable:
-        scores["refusal_correct"] = float(answer.refused)
-        return scores
-    scores["false_refusal"] = float(answer.refused)
     reference = question.reference_answer
-    if not reference or not reference.strip():
-        return scores
-    text = "" if answer.refused else _CITATION.sub(" ", answer.answer)
-    scores["token_f1"] = token_f1(text, reference)
-    found, wanted = numbers_found(reference, text)
-    if wanted:
-        scores["numeric_recall"] = found / wanted
-        scores["numeric_exact"] = float(found == wanted)
+    if question.answerable and reference and reference.strip():
+        text = "" if answer.refused else _CITATION.sub(" ", answer.answer)
+        found, wanted = numbers_found(reference, text)
+        if wanted:
+            scores["numeric_match"] = float(found == wanted)
+            scores["numeric_recall"] = found / wanted
+        scores["token_f1"] = token_f1(text, reference)
+    precision = citation_precision(question, answer)
+    if precision is not None:
+        scores["citation_precision"] = precision
+    if question.answerable:
+        scores["over_refusal"] = float(answer.refused)
+    else:
+        scores["refusal_accuracy"] = float(answer.refused)
     return scores
 
 

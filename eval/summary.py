@@ -1,12 +1,15 @@
 """The summary of a run: mean of every metric overall and per segment, counts, timing and settings.
 
-Every metric is the mean over the questions it applies to: retrieval metrics over questions with
-evidence, answer metrics over the questions whose record holds that score (see `answers.py`).
+Every metric is the mean over the questions it applies to: retrieval metrics over the questions whose
+record holds that score (questions with evidence; `page_hit@k` only those with paged evidence), answer
+metrics over the questions whose record holds that score (see `answers.py`).
 A segment is `tagname=value` for every tag value seen; its entry has the same metric keys.
+Timing gives, per stage, the mean, median (p50) and 95th percentile (p95) in milliseconds.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -15,17 +18,42 @@ from .answers import ANSWER_METRICS
 from .metrics import mean
 
 DIGITS = 4
+PERCENTILES = (50, 95)
 
 
 def metric_names(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Metric keys in a stable order: retrieval metrics as the runner wrote them, then answer metrics."""
+    """Metric keys in a stable order: retrieval metrics as the runner wrote them, then answer metrics.
+
+    A retrieval key that only some records hold (`page_hit@k`) takes its place after the key that precedes
+    it in those records, so the order does not depend on which question comes first.
+    """
     names: list[str] = []
     for record in records:
+        previous: str | None = None
         for name in record.get("retrieval") or {}:
             if name not in names:
-                names.append(name)
-    present = {name for r in records for name in (r.get("answer_scores") or {})}
-    return names + [name for name in ANSWER_METRICS if name in present]
+                names.insert(names.index(previous) + 1 if previous is not None else 0, name)
+            previous = name
+    present: list[str] = []
+    for record in records:
+        present += [name for name in record.get("answer_scores") or {} if name not in present]
+    known = [name for name in ANSWER_METRICS if name in present]
+    return names + known + [name for name in present if name not in known]
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The `p`-th percentile, interpolated linearly between the two nearest values.
+
+    The same definition as `numpy.percentile`'s default, so the summary and the report agree:
+    the value at position (n - 1) * p / 100 of the sorted values.
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * p / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def aggregate(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -74,6 +102,8 @@ def build_summary(
     for stage, values in timings_ms.items():
         if values:
             timing[f"{stage}_ms_mean"] = round(sum(values) / len(values), 1)
+            for p in PERCENTILES:
+                timing[f"{stage}_ms_p{p}"] = round(percentile(values, p), 1)
     summary: dict[str, Any] = {name: overall[name] for name in names}
     summary["metrics"] = names
     summary["segments"] = {
