@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run serve install models ingest-samples test lint typecheck check eval clean
+.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev clean
 
 run: install models ingest-samples serve  ## set up .venv, fetch the LLM, ingest the samples, serve on 127.0.0.1:8000
 
@@ -44,6 +44,10 @@ check: test
 
 eval: install  ## retrieval eval of the sample collection on the shared ADGM questions
 	$(BIN)/python -m eval run ../shared/corpora/adgm/obliqa_dev.jsonl --k 1,3,5,10
+
+EVAL_STEPS ?= retrieval answers
+eval-dev: install models  ## regenerate eval/results/ from ../shared/corpora (hours; EVAL_STEPS=retrieval: ~40 min)
+	EVAL_STEPS="$(EVAL_STEPS)" PYTHON=$(BIN)/python bash eval/reproduce.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

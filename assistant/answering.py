@@ -174,15 +174,19 @@ class Answerer:
     prompt: Prompt = field(default_factory=lambda: load_prompt("answer_v1"))
 
     def answer(
-        self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None
+        self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,
+        min_score: float | None = None,
     ) -> Answer:
+        """Retrieve, then answer from the sources. `min_score` overrides the evidence gate
+        (RETRIEVAL_MIN_SCORE); evaluation with given contexts passes 0.0 to test the generator alone."""
         timings: dict[str, int] = {}
         started = time.perf_counter()
         found = self.retriever.search(question, collection, top_k or self.retrieval.top_k, filters)
         hits = found.hits
         timings["retrieve"] = _ms(started)
-        if not hits or found.evidence < self.retrieval.min_score:
-            log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, self.retrieval.min_score)
+        gate = self.retrieval.min_score if min_score is None else min_score
+        if not hits or found.evidence < gate:
+            log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, gate)
             return Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings)
         llm = self.llm_factory()
         texts = source_texts(hits, self.retrieval.context_chars)

@@ -1,7 +1,11 @@
-"""`python -m eval run QUESTIONS.jsonl` (console script `finrag-eval`): score retrieval, and answers.
+"""`python -m eval` (console script `finrag-eval`): score retrieval and answers, compare runs, report.
 
-    python -m eval run questions.jsonl [--collection NAME] [--k 1,3,5,10] [--answers] [--limit N]
-                                       [--out DIR]
+    python -m eval run questions.jsonl [--collection NAME] [--k 1,3,5,10] [--retriever product|hybrid|dense|bm25]
+                                       [--answers] [--context retrieved|evidence] [--judge]
+                                       [--limit N | --sample N] [--seed S] [--out DIR] [--resume]
+    python -m eval compare RUN_A RUN_B [--resamples 2000] [--seed 0]
+    python -m eval report RUN_DIR
+    python -m eval tatqa tatqa_dataset_dev.json --out DIR [--sample N] [--seed S]
 
 Settings (data dir, Qdrant, embedder, LLM) come from the environment as for the assistant.
 Exit status: 0 done, 1 the assistant could not serve (e.g. unknown collection), 2 bad arguments or file.
@@ -10,7 +14,10 @@ Exit status: 0 done, 1 the assistant could not serve (e.g. unknown collection), 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import random
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -21,11 +28,17 @@ from assistant.components import Components
 from assistant.errors import FinragError
 from assistant.settings import Settings
 
-from .questions import QuestionFileError, load_questions
-from .results import default_run_dir, write_run
+from . import compare, report
+from .judge import Judge, load_judge_prompt
+from .questions import Question, QuestionFileError, load_questions
+from .results import RESULTS_FILE, default_run_dir, write_json, write_run
 from .runner import RunConfig, Runner
 from .summary import build_summary
 from .table import format_footer, format_table
+from .tatqa import TatqaError, build_set, load_contexts
+
+RETRIEVERS = ("product", "hybrid", "dense", "bm25")
+CHECKPOINT_EVERY_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +68,148 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("questions", type=Path, help="question file in the shared JSONL format")
     run.add_argument("--collection", help="Qdrant collection to search (default: COLLECTION setting)")
     run.add_argument("--k", type=parse_ks, default=(1, 3, 5, 10), help="cut-offs, e.g. 1,3,5,10 (default)")
+    run.add_argument("--retriever", choices=RETRIEVERS, default="product",
+                     help="'product' (RETRIEVAL_MODE, default) or a baseline: hybrid, dense, bm25")
     run.add_argument("--answers", action="store_true", help="also answer with the LLM and score the answers")
-    run.add_argument("--limit", type=positive_int, help="only the first N questions")
+    run.add_argument("--context", choices=("retrieved", "evidence"), default="retrieved",
+                     help="answer from retrieval over the collection (default) or from the evidence documents")
+    run.add_argument("--judge", action="store_true", help="grade answers with the local LLM judge (needs --answers)")
+    pick = run.add_mutually_exclusive_group()
+    pick.add_argument("--limit", type=positive_int, help="only the first N questions")
+    pick.add_argument("--sample", type=positive_int, help="a random sample of N questions (see --seed), in file order")
+    run.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     run.add_argument("--out", type=Path, help="run folder (default: eval/runs/<timestamp>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: skip questions already in its results.json")
+    run.add_argument("--no-report", action="store_true", help="do not write report.md and report.html")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    compare.configure_parser(commands.add_parser(
+        "compare", help="deltas of RUN_B against RUN_A per metric and segment, with bootstrap intervals"))
+    report.configure_parser(commands.add_parser("report", help="(re)write report.md and report.html of a run"))
+    tatqa = commands.add_parser("tatqa", help="build the TAT-QA answer set (documents + questions.jsonl)")
+    tatqa.add_argument("source", type=Path, help="tatqa_dataset_dev.json (or another TAT-QA split)")
+    tatqa.add_argument("--out", type=Path, required=True, help="folder for documents/ and questions.jsonl")
+    tatqa.add_argument("--sample", type=positive_int, help="a random sample of N questions (see --seed)")
+    tatqa.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     return parser
 
 
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    questions = load_questions(args.questions, args.limit)
-    collection = args.collection or settings.collection
-    config = RunConfig(collection=collection, ks=args.k, with_answers=args.answers)
-    components = Components(settings)
+def pick_questions(questions: list[Question], sample: int | None, seed: int) -> list[Question]:
+    """A seeded random sample of `sample` questions kept in file order (all when `sample` is None)."""
+    if sample is None or sample >= len(questions):
+        return questions
+    keep = set(random.Random(seed).sample(range(len(questions)), sample))
+    return [q for i, q in enumerate(questions) if i in keep]
+
+
+def load_done(out_dir: Path | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records of an interrupted run in `out_dir` whose settings agree with this run's (`--resume`)."""
+    if out_dir is None:
+        raise QuestionFileError("--resume needs --out: the folder of the run to continue")
+    path = out_dir / RESULTS_FILE
+    if not path.exists():
+        return []
     try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise QuestionFileError(f"cannot resume: {path} is not valid JSON ({exc.msg})") from exc
+    before = data.get("settings", {})
+    for key in ("questions_file", "collection", "retriever", "answers", "context", "judge", "k"):
+        if key in before and before[key] != settings.get(key):
+            raise QuestionFileError(
+                f"cannot resume {out_dir}: it was run with {key}={before[key]!r}, this run has {settings.get(key)!r}"
+            )
+    return [r for r in data.get("questions", []) if not r.get("error")]
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.judge and not args.answers:
+        raise QuestionFileError("--judge grades answers: add --answers")
+    if args.context == "evidence" and not args.answers:
+        raise QuestionFileError("--context evidence is about answers: add --answers")
+    questions = pick_questions(load_questions(args.questions, args.limit), args.sample, args.seed)
+    collection = args.collection or settings.collection
+    mode = settings.retrieval.mode if args.retriever == "product" else args.retriever
+    config = RunConfig(collection=collection, ks=args.k, with_answers=args.answers, context=args.context)
+    run_settings: dict[str, Any] = {
+        "command": "python -m eval " + shlex.join(args.argv),
+        "questions_file": str(args.questions), "collection": collection,
+        "retriever": args.retriever, "retrieval_mode": mode, "embedder": settings.embedding.model,
+        "k": list(config.ks), "budgets": list(config.budgets), "depth": config.depth,
+        "answers": config.with_answers, "context": config.context, "judge": args.judge,
+        "limit": args.limit, "sample": args.sample, "seed": args.seed,
+    }
+    if args.answers:
+        run_settings.update(llm=settings.llm.model if settings.llm.backend == "llamacpp"
+                            else settings.ollama.model, llm_backend=settings.llm.backend,
+                            answer_top_k=settings.retrieval.top_k, min_score=settings.retrieval.min_score)
+    done = load_done(args.out, run_settings) if args.resume else []
+    done_ids = {r["id"] for r in done}
+    todo = [q for q in questions if q.id not in done_ids]
+    if done:
+        print(f"resuming {args.out}: {len(done)} questions done, {len(todo)} to go", file=sys.stderr)
+    out_dir = args.out or default_run_dir()
+    components = Components(settings)
+    last_save = time.monotonic()
+
+    def checkpoint(records: list[dict[str, Any]]) -> None:
+        nonlocal last_save
+        if time.monotonic() - last_save >= CHECKPOINT_EVERY_S:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / RESULTS_FILE, {"settings": run_settings, "questions": records})
+            last_save = time.monotonic()
+
+    try:
+        judge = None
+        if args.judge:
+            judge = Judge(components.llm, load_judge_prompt())
+            run_settings["judge_prompt"] = judge.version
         answerer = components.answerer if args.answers else None
-        runner = Runner(components.retriever, config, answerer)
-        result = runner.run(questions, progress=not args.no_progress)
-        run_settings: dict[str, Any] = {
-            "questions_file": str(args.questions), "collection": collection,
-            "embedder": getattr(components.embedder, "name", settings.embedding.model),
-            "k": list(config.ks), "depth": config.depth, "answers": config.with_answers, "limit": args.limit,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - result.seconds)),
-        }
-        if args.answers:
-            run_settings.update(llm=settings.llm.model if settings.llm.backend == "llamacpp"
-                                else settings.ollama.model, llm_backend=settings.llm.backend,
-                                answer_top_k=settings.retrieval.top_k)
+        if answerer is not None:
+            answerer.retriever = components.retriever_for(mode)
+            run_settings["prompt"] = answerer.prompt.version
+        runner = Runner(components.retriever_for(mode), config, answerer, judge)
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result = runner.run(todo, progress=not args.no_progress, done=done, on_record=checkpoint)
     finally:
         components.close()
+    run_settings["started_at"] = started_at
     summary = build_summary(result.records, settings=run_settings, seconds=result.seconds,
                             timings_ms=result.timings_ms)
-    out_dir = args.out or default_run_dir()
     results_path, summary_path = write_run(out_dir, result.records, summary)
     print(format_table(summary))
     print()
     print(format_footer(summary))
-    print(f"wrote {results_path} and {summary_path}")
+    written = [results_path, summary_path]
+    if not args.no_report:
+        written.extend(report.write_report(out_dir))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def tatqa_command(args: argparse.Namespace) -> int:
+    try:
+        built = build_set(load_contexts(args.source), args.out, sample=args.sample, seed=args.seed)
+    except TatqaError as exc:
+        print(f"finrag-eval: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {built.documents} context documents to {built.documents_dir} and {built.questions} "
+          f"questions to {built.questions_path}")
+    print(f"next: python -m ingest {built.documents_dir} --collection tatqa")
+    print(f"      python -m eval run {built.questions_path} --collection tatqa --answers --context evidence")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.command == "compare":
+        return compare.compare_command(args)
+    if args.command == "report":
+        return report.report_command(args)
+    if args.command == "tatqa":
+        return tatqa_command(args)
     settings = Settings.load()
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,8 +1,14 @@
 """The evaluation run: for every question, retrieve, match evidence, score; optionally answer and score.
 
 The runner takes the product's components (`assistant.components.Components`) and never builds its own:
-the retriever is the one the assistant answers with, and the answerer (LLM) is only touched with
-`with_answers`. One record per question comes out, ready for results.json (see `results.py`).
+the retriever is the one the assistant answers with (or a baseline: `--retriever bm25|dense`), and the
+answerer (LLM) is only touched with `with_answers`. One record per question comes out, ready for
+results.json (see `results.py`).
+
+Contexts for answers (`context`):
+- `retrieved` (default): the product as users get it: retrieve from the whole collection, gate, answer.
+- `evidence`: retrieval restricted to the question's evidence documents (exact file names) and no
+  evidence gate, so the generator is tested on the right context (TAT-QA: "table + paragraphs").
 """
 
 from __future__ import annotations
@@ -10,9 +16,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -22,13 +28,18 @@ from assistant.errors import FinragError
 from assistant.retrieval import Retriever
 
 from .answers import answer_record, answer_scores
+from .judge import Judge
 from .matching import match_ranks
-from .metrics import first_match_rank, matched_within, retrieval_scores
+from .metrics import BUDGETS, count_tokens, first_match_rank, matched_within, retrieval_scores
 from .questions import Question
 
 log = logging.getLogger(__name__)
 
 SCORE_DIGITS = 6
+EVIDENCE_TOP_K = 10  # chunks of the evidence documents shown with --context evidence
+_GLOB = set("*?[")
+
+ContextMode = Literal["retrieved", "evidence"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,9 @@ class RunConfig:
     collection: str
     ks: tuple[int, ...] = (1, 3, 5, 10)
     with_answers: bool = False
-    answer_top_k: int | None = None  # None: the assistant's RETRIEVAL_TOP_K
+    answer_top_k: int | None = None  # None: the assistant's RETRIEVAL_TOP_K (EVIDENCE_TOP_K for evidence)
+    budgets: tuple[int, ...] = BUDGETS
+    context: ContextMode = "retrieved"
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -61,8 +74,16 @@ def chunk_record(rank: int, hit: ScoredChunk, matched: Sequence[int]) -> dict[st
     return {
         "rank": rank, "point_id": hit.point_id, "source": c.source, "page_start": c.page_start,
         "page_end": c.page_end, "section": c.section, "score": round(hit.score, SCORE_DIGITS),
-        "matches": list(matched),
+        "tokens": count_tokens(c.text), "matches": list(matched),
     }
+
+
+def evidence_filter(question: Question) -> dict[str, Any] | None:
+    """A source filter on the question's evidence documents; None when a source is a glob or absent."""
+    sources = sorted({e.source for e in question.evidence})
+    if not sources or any(_GLOB & set(s) for s in sources):
+        return None
+    return {"source": sources}
 
 
 @dataclass
@@ -70,20 +91,32 @@ class Runner:
     retriever: Retriever
     config: RunConfig
     answerer: Answerer | None = None
+    judge: Judge | None = None
 
     def __post_init__(self) -> None:
         if self.config.with_answers and self.answerer is None:
             raise ValueError("with_answers needs an answerer")
+        if self.judge is not None and not self.config.with_answers:
+            raise ValueError("the judge grades answers: it needs with_answers")
 
-    def run(self, questions: Sequence[Question], *, progress: bool = True) -> RunResult:
+    def run(
+        self, questions: Sequence[Question], *, progress: bool = True,
+        done: Sequence[dict[str, Any]] = (), on_record: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> RunResult:
+        """Evaluate `questions`, after the records `done` of an earlier, interrupted run (`--resume`).
+
+        `on_record(records)` is called after every question with all records so far (checkpointing).
+        """
         started = time.perf_counter()
-        timings: dict[str, list[int]] = {"retrieve": [], "answer": []}
-        records = []
+        records = list(done)
         for question in tqdm(questions, desc="evaluating", unit="q", file=sys.stderr, disable=not progress):
-            record = self.evaluate(question)
-            for stage, ms in record["timings_ms"].items():
-                timings[stage].append(ms)
-            records.append(record)
+            records.append(self.evaluate(question))
+            if on_record is not None:
+                on_record(records)
+        timings: dict[str, list[int]] = {}
+        for record in records:
+            for stage, ms in (record.get("timings_ms") or {}).items():
+                timings.setdefault(stage, []).append(ms)
         return RunResult(records, time.perf_counter() - started, timings)
 
     def evaluate(self, question: Question) -> dict[str, Any]:
@@ -91,7 +124,8 @@ class Runner:
         t = time.perf_counter()
         hits = self.retriever.retrieve(question.question, self.config.collection, self.config.depth)
         timings = {"retrieve": _ms(t)}
-        ranks = match_ranks(question.evidence, [h.chunk for h in hits])
+        chunks = [h.chunk for h in hits]
+        ranks = match_ranks(question.evidence, chunks)
         record: dict[str, Any] = {
             "id": question.id,
             "question": question.question,
@@ -104,27 +138,51 @@ class Runner:
             "matched_evidence": sorted(matched_within(ranks)),
             "first_match_rank": first_match_rank(ranks),
             "retrieval": (
-                retrieval_scores(ranks, len(question.evidence), self.config.ks) if question.evidence else None
+                retrieval_scores(ranks, question.evidence, chunks, self.config.ks, self.config.budgets)
+                if question.evidence else None
             ),
             "answer": None,
             "answer_scores": None,
             "error": None,
         }
         if self.config.with_answers and self.answerer is not None:
-            t = time.perf_counter()
-            try:
-                answer = self.answerer.answer(
-                    question.question, self.config.collection, top_k=self.config.answer_top_k
-                )
-            except FinragError as exc:  # one failed generation should not lose the run
-                log.warning("question %s: answering failed: %s", question.id, exc.message)
-                record["error"] = exc.message
-            else:
-                record["answer"] = answer_record(answer)
-                record["answer_scores"] = answer_scores(question, answer)
-            timings["answer"] = _ms(t)
+            self._answer(question, record, timings)
         record["timings_ms"] = timings
         return record
+
+    def _answer(self, question: Question, record: dict[str, Any], timings: dict[str, int]) -> None:
+        assert self.answerer is not None
+        top_k, filters, min_score = self.config.answer_top_k, None, None
+        if self.config.context == "evidence":
+            filters = evidence_filter(question)
+            if filters is None:
+                record["error"] = "no exact evidence file names to take the context from"
+                return
+            top_k, min_score = top_k or EVIDENCE_TOP_K, 0.0
+        t = time.perf_counter()
+        try:
+            answer = self.answerer.answer(
+                question.question, self.config.collection, top_k=top_k, filters=filters, min_score=min_score
+            )
+        except FinragError as exc:  # one failed generation should not lose the run
+            log.warning("question %s: answering failed: %s", question.id, exc.message)
+            record["error"] = exc.message
+            timings["answer"] = _ms(t)
+            return
+        timings["answer"] = _ms(t)
+        record["answer"] = answer_record(answer)
+        scores = answer_scores(question, answer)
+        if self.judge is not None:
+            t = time.perf_counter()
+            try:
+                graded, reply = self.judge.grade(question, answer)
+            except FinragError as exc:
+                log.warning("question %s: judging failed: %s", question.id, exc.message)
+                graded, reply = {}, None
+            scores.update(graded)
+            record["answer"]["judge_reply"] = reply
+            timings["judge"] = _ms(t)
+        record["answer_scores"] = scores
 
 
 def _ms(since: float) -> int:

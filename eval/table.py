@@ -1,4 +1,9 @@
-"""The readable table a run prints: one row overall, then one per segment, one column per metric."""
+"""The readable table a run prints: one row overall, then one per segment, one column per headline metric.
+
+Headline metrics keep the table narrow enough for a terminal: hit@1, hit at 5 (or the nearest k), recall,
+nDCG and budgeted recall at the deepest k / 1000 tokens, MRR, and every answer metric. summary.json and
+report.md hold all of them.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def headline_metrics(names: Sequence[str]) -> list[str]:
+    """The metrics of `names` worth a column (see the module docstring), in `names` order."""
+    def at(prefix: str) -> list[str]:
+        return [n for n in names if n.startswith(prefix) and n.removeprefix(prefix).isdigit()]
+
+    hits, recalls, ndcgs = at("hit@"), at("recall@"), at("ndcg@")
+    budgets = [n for n in names if n.startswith("recall@") and n.endswith("tok")]
+    keep: set[str] = set(hits[:1])
+    if hits:
+        keep.add(min(hits, key=lambda n: abs(int(n.removeprefix("hit@")) - 5)))
+    keep.update(recalls[-1:] + ndcgs[-1:])
+    keep.update(["recall@1000tok"] if "recall@1000tok" in names else budgets[:1])
+    keep.add("mrr")
+    retrieval = {*hits, *recalls, *ndcgs, *budgets, "mrr"} | {n for n in names if n.startswith("page_hit@")}
+    return [n for n in names if n in keep or n not in retrieval]
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    names: Sequence[str] = summary.get("metrics", [])
+    names: Sequence[str] = headline_metrics(summary.get("metrics", []))
     header = ["segment", "n", "scored", *names]
     overall = {**summary, "questions": summary["counts"]["questions"],
                "retrieval_scored": summary["counts"]["retrieval_scored"]}
