@@ -128,31 +128,50 @@ def _is_body_figure(cell: str) -> bool:
 def label_table(grid: list[list[str]]) -> list[str]:
     """Rows of an HTML table as text lines, every figure labelled with its column header.
 
-    Header rows are the rows above the first row holding a figure. A header row with one filled cell
-    (e.g. "Years Ended September 30,") is a caption for all columns; other header rows name columns by
-    position. A body row whose figures sit under labelled columns becomes
-    `Total sales: $1,496.5 (Years Ended September 30, 2019) | $1,202.9 (… 2018)`; rows that do not fit
-    (spacer cells, colspans) are written as their cells joined by " | ", so nothing is lost.
+    Header rows are the rows without figures above a row of figures: the block at the top, and any block
+    inside the table that names columns again (a second period's sub-table). Within a block, a row with one
+    filled cell beyond the first column (e.g. "Years Ended September 30,") is a caption for all columns; rows
+    with several name columns by position. A body row whose figures sit under labelled columns becomes
+    `Total sales: $1,496.5 (Years Ended September 30, 2019) | $1,202.9 (… 2018)`; other rows (section labels
+    such as "Assets", notes, rows that do not fit) are written as their cells joined by " | ", so nothing is
+    lost.
     """
     rows = [[" ".join(c.split()) for c in row] for row in grid]
-    first_body = next((i for i, row in enumerate(rows) if any(_is_body_figure(c) for c in row[1:])), len(rows))
-    header, body = rows[:first_body], rows[first_body:]
     width = max((len(r) for r in rows), default=0)
-    captions = [next(c for c in row if c) for row in header if sum(1 for c in row if c) == 1]
-    columns: list[list[str]] = [[] for _ in range(width)]
-    for row in header:
-        if sum(1 for c in row if c) > 1:
-            for j, cell in enumerate(row):
-                if cell and j > 0:
-                    columns[j].append(cell)
-    caption = " ".join(captions)
-    labels = [" ".join(x for x in (caption, " ".join(col)) if x) for col in columns]
-    out = [" | ".join(c for c in row if c) for row in header if any(row)]
-    for row in body:
-        name, cells = (row[0], row[1:]) if row else ("", [])
+    labels: list[str] = [""] * width
+    pending: list[list[str]] = []
+    seen_body = False
+    out: list[str] = []
+    for row in rows:
+        if not any(_is_body_figure(c) for c in row[1:]):
+            if any(row):
+                out.append(" | ".join(c for c in row if c))
+                pending.append(row)
+            continue
+        if pending and (not seen_body or any(_filled_beyond_first(r) > 1 for r in pending)):
+            labels = _header_labels(pending, width)
+        pending, seen_body = [], True
+        name, cells = row[0], row[1:]
         filled = [(j, c) for j, c in enumerate(cells, start=1) if c]
-        if name and filled and all(labels[j] for j, _ in filled) and any(_is_figure(c) for _, c in filled):
+        if name and filled and all(labels[j] for j, _ in filled):
             out.append(f"{name.rstrip(' :')}: " + " | ".join(f"{c} ({labels[j]})" for j, c in filled))
-        elif any(row):
+        else:
             out.append(" | ".join(c for c in row if c))
     return out
+
+
+def _filled_beyond_first(row: list[str]) -> int:
+    return sum(1 for c in row[1:] if c)
+
+
+def _header_labels(header: list[list[str]], width: int) -> list[str]:
+    """One label per column from a block of header rows: captions first, then the column's own cells."""
+    captions = [c for row in header if _filled_beyond_first(row) == 1 for c in row[1:] if c]
+    columns: list[list[str]] = [[] for _ in range(width)]
+    for row in header:
+        if _filled_beyond_first(row) > 1:
+            for j, cell in enumerate(row[1:], start=1):
+                if cell:
+                    columns[j].append(cell)
+    caption = " ".join(captions)
+    return [" ".join(x for x in (caption, " ".join(col)) if x) for col in columns]

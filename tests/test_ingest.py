@@ -371,6 +371,10 @@ def test_html_tables_label_every_figure_with_its_column_header() -> None:
         "Note | see below",
     ]
     assert label_table([["Name", "Role"], ["Ann", "CEO"]]) == ["Name | Role", "Ann | CEO"]  # no figures: as is
+    # a second sub-table names its columns again (TAT-QA's Intel goodwill roll-forward): labels follow it
+    two_periods = [["(In Millions)", "Dec 29, 2018", "Other", "Dec 28, 2019"], ["Mobileye", "10,290", "—", "10,290"],
+                   ["(In Millions)", "Dec 30, 2017", "Other", "Dec 29, 2018"], ["Mobileye", "10,278", "12", "10,290"]]
+    assert label_table(two_periods)[3] == "Mobileye: 10,278 (Dec 30, 2017) | 12 (Other) | 10,290 (Dec 29, 2018)"
     assert label_table([]) == []
 
 
