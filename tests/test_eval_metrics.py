@@ -233,3 +233,13 @@ def test_percentiles_interpolate_like_numpy() -> None:
     assert percentile([10, 20], 95) == pytest.approx(19.5)
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_printed_table_keeps_headline_metrics_only() -> None:
+    from eval.table import headline_metrics
+
+    names = ["hit@1", "hit@3", "hit@5", "hit@10", "recall@1", "recall@10", "ndcg@1", "ndcg@10", "page_hit@5",
+             "recall@500tok", "recall@1000tok", "mrr", "numeric_match", "token_f1"]
+    assert headline_metrics(names) == ["hit@1", "hit@5", "recall@10", "ndcg@10", "recall@1000tok", "mrr",
+                                       "numeric_match", "token_f1"]
+    assert headline_metrics(["hit@2", "hit@4", "recall@4", "mrr"]) == ["hit@2", "hit@4", "recall@4", "mrr"]
