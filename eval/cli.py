@@ -32,7 +32,7 @@ from . import compare, report
 from .judge import Judge, load_judge_prompt
 from .questions import Question, QuestionFileError, load_questions
 from .results import RESULTS_FILE, default_run_dir, write_json, write_run
-from .runner import RunConfig, Runner
+from .runner import EVIDENCE_TOP_K, RunConfig, Runner
 from .summary import build_summary
 from .table import format_footer, format_table
 from .tatqa import TatqaError, build_set, load_contexts
@@ -103,7 +103,11 @@ def pick_questions(questions: list[Question], sample: int | None, seed: int) -> 
 
 
 def load_done(out_dir: Path | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """Records of an interrupted run in `out_dir` whose settings agree with this run's (`--resume`)."""
+    """Records of an interrupted run in `out_dir` whose settings agree with this run's (`--resume`).
+
+    Only what changes a question's record is compared (retriever, answers, k …); the question subset may
+    differ (`--limit 50` first, then the rest): records of questions not in this run are dropped.
+    """
     if out_dir is None:
         raise QuestionFileError("--resume needs --out: the folder of the run to continue")
     path = out_dir / RESULTS_FILE
@@ -142,8 +146,10 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.answers:
         run_settings.update(llm=settings.llm.model if settings.llm.backend == "llamacpp"
                             else settings.ollama.model, llm_backend=settings.llm.backend,
-                            answer_top_k=settings.retrieval.top_k, min_score=settings.retrieval.min_score)
-    done = load_done(args.out, run_settings) if args.resume else []
+                            answer_top_k=settings.retrieval.top_k if args.context == "retrieved" else EVIDENCE_TOP_K,
+                            min_score=settings.retrieval.min_score if args.context == "retrieved" else 0.0)
+    wanted = {q.id for q in questions}
+    done = [r for r in load_done(args.out, run_settings) if r["id"] in wanted] if args.resume else []
     done_ids = {r["id"] for r in done}
     todo = [q for q in questions if q.id not in done_ids]
     if done:
@@ -151,12 +157,17 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     out_dir = args.out or default_run_dir()
     components = Components(settings)
     last_save = time.monotonic()
+    latest: list[dict[str, Any]] = done
+
+    def save(records: list[dict[str, Any]]) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / RESULTS_FILE, {"settings": run_settings, "questions": records})
 
     def checkpoint(records: list[dict[str, Any]]) -> None:
-        nonlocal last_save
+        nonlocal last_save, latest
+        latest = records
         if time.monotonic() - last_save >= CHECKPOINT_EVERY_S:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / RESULTS_FILE, {"settings": run_settings, "questions": records})
+            save(records)
             last_save = time.monotonic()
 
     try:
@@ -171,6 +182,12 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         runner = Runner(components.retriever_for(mode), config, answerer, judge)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result = runner.run(todo, progress=not args.no_progress, done=done, on_record=checkpoint)
+    except KeyboardInterrupt:
+        if latest:
+            save(latest)
+            print(f"\ninterrupted after {len(latest)} questions; continue with the same command and --out {out_dir} "
+                  "--resume", file=sys.stderr)
+        return 130
     finally:
         components.close()
     run_settings["started_at"] = started_at

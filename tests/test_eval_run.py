@@ -266,3 +266,29 @@ def test_evidence_context_and_judge(data_dir: Path, tmp_path: Path) -> None:
     assert all(c["source"] == SOURCE for c in judged["answer"]["citations"])
     assert globbed["answer"] is None and "exact evidence file names" in globbed["error"]
     assert "judge" in judged["timings_ms"]
+
+
+def test_interrupted_run_keeps_what_it_scored_for_resume(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = write_questions(tmp_path / "q.jsonl", QUESTIONS)
+    out = tmp_path / "run"
+    real = Runner.evaluate
+    calls = 0
+
+    def evaluate_then_ctrl_c(self: Runner, question: object) -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return real(self, question)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Runner, "evaluate", evaluate_then_ctrl_c)
+    assert main(["run", str(questions), "--collection", COLLECTION, "--out", str(out), "--no-progress"]) == 130
+    assert "interrupted after 2 questions" in capsys.readouterr().err
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))["questions"]
+    assert [r["id"] for r in saved] == ["near-text", "other-file"]
+    monkeypatch.setattr(Runner, "evaluate", real)
+    assert main(["run", str(questions), "--collection", COLLECTION, "--out", str(out), "--resume", "--no-progress",
+                 "--no-report"]) == 0
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["counts"]["questions"] == 3
