@@ -226,6 +226,14 @@ def _misses(records: Sequence[dict[str, Any]], names: Sequence[str], settings: d
             rows = [[str(r["id"]), _short(r.get("question")), _short((r.get("answer") or {}).get("text")),
                      _rank(r)] for r in wrong[:WORST]]
             blocks.append(Table(["id", "question", "answer", "first match rank"], rows, "lllr"))
+    for metric, bad, what in (("refusal_accuracy", 0, "answered although the question is unanswerable"),
+                              ("over_refusal", 1, "refused although the question is answerable")):
+        missed_refusal = [r for r in records if (r.get("answer_scores") or {}).get(metric) == bad]
+        if missed_refusal:
+            blocks.append(Text(f"Refusal misses, {what}: {_shown(len(missed_refusal))}."))
+            rows = [[str(r["id"]), _short(r.get("question")), _short((r.get("answer") or {}).get("text"))]
+                    for r in missed_refusal[:WORST]]
+            blocks.append(Table(["id", "question", "answer"], rows, "lll"))
     return Section("Worst questions", blocks)
 
 

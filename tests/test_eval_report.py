@@ -176,3 +176,14 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     run = make_run(tmp_path / "run", answered=False)
     assert report_command(parser.parse_args([str(run)])) == 0
     assert f"wrote {run / REPORT_MD} and {run / REPORT_HTML}" in capsys.readouterr().out
+
+
+def test_report_lists_refusal_misses(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", answered=True)
+    data = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    data["questions"][0]["answer_scores"] = {"refusal_accuracy": 0.0}
+    data["questions"][1]["answer_scores"] = {"over_refusal": 1.0, "numeric_match": 0.0}
+    (run / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    md = write_report(run)[0].read_text(encoding="utf-8")
+    assert "Refusal misses, answered although the question is unanswerable: 1 question." in md
+    assert "Refusal misses, refused although the question is answerable: 1 question." in md
