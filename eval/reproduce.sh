@@ -63,4 +63,5 @@ if [[ " $STEPS " == *" answers "* ]]; then
     run sec10q "sec10q-unanswerable" eval/sets/sec10q-unanswerable.jsonl --answers
     run adgm "adgm-unanswerable" eval/sets/adgm-unanswerable.jsonl --answers
     run sec10q "sec10q-answers" "$SEC10Q" --answers --sample "$SEC10Q_SAMPLE" --seed "$SEED"
+    run tatqa "tatqa-dev-judge" "$TATQA" --answers --context evidence --judge --sample 8 --seed 1
 fi
