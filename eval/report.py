@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
 import json
 import re
 import shlex
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from . import plots
 from .compare import Run, RunFolderError, question_scores, read_run
 
 REPORT_MD = "report.md"
@@ -299,57 +298,21 @@ def _short(text: Any, width: int = TEXT_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# -- plots --------------------------------------------------------------------------------------------------
-
-def _png(fig: Figure, title: str) -> Plot:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return Plot(title, buf.getvalue())
-
+# -- plots ------------------------------------------------------------------------------------------------
 
 def _plot_by_k(summary: dict[str, Any], families: Sequence[str], ks: Sequence[int]) -> Plot | None:
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = False
-    for family in families:
-        points = [(k, summary[f"{family}@{k}"]) for k in ks if summary.get(f"{family}@{k}") is not None]
-        if points:
-            ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=f"{family}@k")
-            drawn = True
-    if not drawn:
-        return None
-    ax.set(xlabel="k", ylabel="mean over questions", ylim=(0, 1.02), xticks=list(ks))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(fig, "Retrieval metrics by k")
+    png = plots.metric_by_k(summary, families, ks)
+    return Plot("Retrieval metrics by k", png) if png else None
 
 
 def _plot_segments(segments: dict[str, dict[str, Any]], metrics: Sequence[str]) -> Plot | None:
-    names = [n for n, seg in segments.items() if any(seg.get(m) is not None for m in metrics)][:MAX_PLOT_SEGMENTS]
-    if not names or not metrics:
-        return None
-    fig = Figure(figsize=(6.4, 1.0 + 0.22 * len(names) * len(metrics)), layout="constrained")
-    ax = fig.add_subplot()
-    height = 0.8 / len(metrics)
-    y = np.arange(len(names))
-    for i, metric in enumerate(metrics):
-        values = [segments[n].get(metric) for n in names]
-        bars = ax.barh(y + i * height, [v or 0.0 for v in values], height=height, label=metric)
-        ax.bar_label(bars, labels=["-" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
-    ax.set_yticks(y + height * (len(metrics) - 1) / 2, names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1.1), xlabel="mean over questions")
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=len(metrics), fontsize=8, frameon=False)
+    png = plots.segment_bars(segments, metrics, MAX_PLOT_SEGMENTS)
     title = "Per segment" + (f" (first {MAX_PLOT_SEGMENTS} segments)" if len(segments) > MAX_PLOT_SEGMENTS else "")
-    return _png(fig, title)
+    return Plot(title, png) if png else None
 
 
 def _plot_latency(stages: dict[str, list[float]]) -> Plot:
-    fig = Figure(figsize=(3.4 * len(stages), 3.0), layout="constrained")
-    for ax, (stage, values) in zip(fig.subplots(1, len(stages), squeeze=False)[0], stages.items(), strict=True):
-        ax.hist(values, bins=30)
-        ax.set(title=f"{stage} (p50 {np.percentile(values, 50):.0f} ms)", xlabel="ms", ylabel="questions")
-    return _png(fig, "Latency per question")
+    return Plot("Latency per question", plots.latency_histograms(stages))
 
 
 # -- rendering ----------------------------------------------------------------------------------------------
