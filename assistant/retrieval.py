@@ -53,15 +53,11 @@ class Retriever:
     def search(self, question: str, collection: str, top_k: int, filters: Filters | None = None) -> Retrieval:
         started = time.perf_counter()
         vector = embed_one(self.embedder, question)
-        if self.sparse is not None and self.bm25_only:
-            hits = self.store.search(collection, None, top_k, filters, sparse=self.sparse.encode_query(question))
-            nearest = self.store.search(collection, vector, 1, filters)
-            evidence = nearest[0].score if nearest else 0.0
-        elif self.sparse is None:
+        if self.sparse is None:
             hits = self.store.search(collection, vector, top_k, filters)
             evidence = hits[0].score if hits else 0.0
-        else:
-            hits = self.store.search(collection, vector, top_k, filters,
+        else:  # BM25 alone (no dense vector) or fused with the dense ranking
+            hits = self.store.search(collection, None if self.bm25_only else vector, top_k, filters,
                                      sparse=self.sparse.encode_query(question), candidates=self.candidates)
             nearest = self.store.search(collection, vector, 1, filters)
             evidence = nearest[0].score if nearest else 0.0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import shlex
 import sys
 import time
@@ -26,18 +25,19 @@ from typing import Any
 
 from assistant.components import Components
 from assistant.errors import FinragError
+from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
 
 from . import compare, report
 from .judge import Judge, load_judge_prompt
-from .questions import Question, QuestionFileError, load_questions
+from .questions import QuestionFileError, load_questions, sample_in_order
 from .results import RESULTS_FILE, default_run_dir, write_json, write_run
 from .runner import EVIDENCE_TOP_K, RunConfig, Runner
 from .summary import build_summary
 from .table import format_footer, format_table
 from .tatqa import TatqaError, build_set, load_contexts
 
-RETRIEVERS = ("product", "hybrid", "dense", "bm25")
+RETRIEVERS = ("product", *RETRIEVAL_MODES)
 CHECKPOINT_EVERY_S = 30.0
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pick_questions(questions: list[Question], sample: int | None, seed: int) -> list[Question]:
-    """A seeded random sample of `sample` questions kept in file order (all when `sample` is None)."""
-    if sample is None or sample >= len(questions):
-        return questions
-    keep = set(random.Random(seed).sample(range(len(questions)), sample))
-    return [q for i, q in enumerate(questions) if i in keep]
-
-
 def load_done(out_dir: Path | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Records of an interrupted run in `out_dir` whose settings agree with this run's (`--resume`).
 
@@ -131,7 +123,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         raise QuestionFileError("--judge grades answers: add --answers")
     if args.context == "evidence" and not args.answers:
         raise QuestionFileError("--context evidence is about answers: add --answers")
-    questions = pick_questions(load_questions(args.questions, args.limit), args.sample, args.seed)
+    questions = sample_in_order(load_questions(args.questions, args.limit), args.sample, args.seed)
     collection = args.collection or settings.collection
     mode = settings.retrieval.mode if args.retriever == "product" else args.retriever
     config = RunConfig(collection=collection, ks=args.k, with_answers=args.answers, context=args.context)

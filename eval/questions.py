@@ -13,12 +13,14 @@ file and the line number.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+T = TypeVar("T")
 TagValue = Any  # str, int and bool in practice; any JSON value is accepted
 
 
@@ -117,6 +119,14 @@ def iter_questions(path: Path) -> Iterator[Question]:
                 )
             seen[question.id] = number
             yield question
+
+
+def sample_in_order(items: Sequence[T], k: int | None, seed: int) -> list[T]:
+    """A seeded random sample of `k` items kept in their order (all of them when `k` is None or too big)."""
+    if k is None or k >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), k))
+    return [item for i, item in enumerate(items) if i in keep]
 
 
 def load_questions(path: Path, limit: int | None = None) -> list[Question]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import plots
 from .compare import Run, RunFolderError, question_scores, read_run
+from .summary import stage_timings
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -173,16 +174,6 @@ def _segments(summary: dict[str, Any], names: Sequence[str], answer_names: Seque
     plot = _plot_segments(segments, [c for c in columns if c.startswith(("hit@", "recall@"))][:2])
     blocks += [plot] if plot else []
     return Section("Segments", blocks)
-
-
-def stage_timings(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per-question milliseconds of every stage (`retrieve`, `answer`), from the records' `timings_ms`."""
-    stages: dict[str, list[float]] = {}
-    for record in records:
-        for stage, ms in (record.get("timings_ms") or {}).items():
-            if isinstance(ms, int | float):
-                stages.setdefault(stage, []).append(float(ms))
-    return stages
 
 
 def _timing(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Section:

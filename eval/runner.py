@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from .judge import Judge
 from .matching import match_ranks
 from .metrics import BUDGETS, count_tokens, first_match_rank, matched_within, retrieval_scores
 from .questions import Question
+from .summary import stage_timings
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ class RunConfig:
 class RunResult:
     records: list[dict[str, Any]]
     seconds: float
-    timings_ms: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def timings_ms(self) -> dict[str, list[float]]:
+        """Per-stage milliseconds of every question, from the records."""
+        return stage_timings(self.records)
 
 
 def chunk_record(rank: int, hit: ScoredChunk, matched: Sequence[int]) -> dict[str, Any]:
@@ -113,11 +118,7 @@ class Runner:
             records.append(self.evaluate(question))
             if on_record is not None:
                 on_record(records)
-        timings: dict[str, list[int]] = {}
-        for record in records:
-            for stage, ms in (record.get("timings_ms") or {}).items():
-                timings.setdefault(stage, []).append(ms)
-        return RunResult(records, time.perf_counter() - started, timings)
+        return RunResult(records, time.perf_counter() - started)
 
     def evaluate(self, question: Question) -> dict[str, Any]:
         """One question's record: retrieved chunks with their matches, scores, and the answer if asked."""

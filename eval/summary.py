@@ -9,10 +9,11 @@ Timing gives, per stage, the mean, median (p50) and 95th percentile (p95) in mil
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from .answers import ANSWER_METRICS
 from .metrics import mean
@@ -42,18 +43,20 @@ def metric_names(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """The `p`-th percentile, interpolated linearly between the two nearest values.
-
-    The same definition as `numpy.percentile`'s default, so the summary and the report agree:
-    the value at position (n - 1) * p / 100 of the sorted values.
-    """
+    """The `p`-th percentile, interpolated linearly (numpy's default, which the report uses too)."""
     if not values:
         raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * p / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return float(np.percentile(values, p))
+
+
+def stage_timings(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-question milliseconds of every stage (`retrieve`, `answer`, `judge`), from the records' `timings_ms`."""
+    stages: dict[str, list[float]] = {}
+    for record in records:
+        for stage, ms in (record.get("timings_ms") or {}).items():
+            if isinstance(ms, int | float):
+                stages.setdefault(stage, []).append(float(ms))
+    return stages
 
 
 def aggregate(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -85,7 +88,7 @@ def segment_records(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[st
 
 def build_summary(
     records: Sequence[dict[str, Any]], *, settings: dict[str, Any], seconds: float,
-    timings_ms: dict[str, list[int]],
+    timings_ms: dict[str, list[float]],
 ) -> dict[str, Any]:
     names = metric_names(records)
     overall = aggregate(records, names)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import html
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .questions import sample_in_order
 
 DOCUMENTS_DIR = "documents"
 QUESTIONS_FILE = "questions.jsonl"
@@ -110,9 +111,7 @@ def build_set(
         name = document_name(context)
         (documents_dir / name).write_text(context_html(context), encoding="utf-8")
         records.extend(question_record(q, name) for q in sorted(context["questions"], key=lambda q: q["order"]))
-    if sample is not None and sample < len(records):
-        keep = set(random.Random(seed).sample(range(len(records)), sample))
-        records = [r for i, r in enumerate(records) if i in keep]
+    records = sample_in_order(records, sample, seed)
     questions_path = out_dir / QUESTIONS_FILE
     with questions_path.open("w", encoding="utf-8") as handle:
         for record in records:
