@@ -102,6 +102,11 @@ class ChunkingSettings(_Section):
         description="Chunk size in embedder tokens (MiniLM reads 256, less the title/section prefix).",
     )
     overlap_tokens: int = Field(default=30, ge=0, description="Overlap between consecutive chunks.")
+    pack_rules: bool = Field(
+        default=False,
+        description="Regulations: pack consecutive short rules under one heading into a chunk (true) or keep "
+        "one rule per chunk (false, measured better: eval/results/README.md).",
+    )
 
     @model_validator(mode="after")
     def _overlap_smaller(self) -> ChunkingSettings:

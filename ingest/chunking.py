@@ -34,7 +34,12 @@ class Unit:
 
 _PART = re.compile(r"^\s*PART\s+(I{1,3}|IV)\b[\s.—–-]*(.*)$", re.I)
 _ITEM = re.compile(r"^\s*Item\s+(\d{1,2}[A-C]?)\.?\s*(.{0,120})$", re.I)
-_RULE = re.compile(r"^(\d+(?:\.\d+)*)(\.Guidance(?:\.\d+)?)?\.?[\t ]+(\S.*)?$|^(\d+(?:\.\d+)+\.Guidance)\s*$")
+# A rule number: `2.1.3`, a lettered sub-rule `3.2.4.(a)`, guidance `2.6.4.Guidance.1` / `3.2.4.(a).Guidance.1`,
+# then its text; or a bare guidance heading line (`2.6.4.Guidance`).
+_RULE = re.compile(
+    r"^(\d+(?:\.\d+)*(?:\.\([a-zA-Z0-9]{1,4}\))*)(\.Guidance(?:\.\d+)?)?\.?[\t ]+(\S.*)?$"
+    r"|^(\d+(?:\.\d+)+(?:\.\([a-zA-Z0-9]{1,4}\))*\.Guidance)\.?\s*$"
+)
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -80,19 +85,32 @@ def _filing_section(part: str | None, item: str | None) -> str | None:
 
 
 def regulation_units(doc: LoadedDocument) -> list[Unit]:
-    chapter: str | None = None
-    section: str | None = None
+    """One unit per rule, sub-rule (`3.2.4.(a)`) or guidance note, with its chapter › section heading path.
+
+    A rule line that is only a title ("3.3.2  Requirements", "2.6.4.Guidance") is not a unit of its own: it
+    heads the next unit's text. A chapter or section heading whose number does not prefix the next rule (a
+    heading missing from the text) is dropped from the path rather than mislabelling later rules.
+    """
+    chapter: tuple[str, str] | None = None  # (number, "3. CONDUCT OF BUSINESS")
+    section: tuple[str, str] | None = None
     units: list[Unit] = []
     rule: str | None = None
     buf: list[str] = []
+    title: list[str] = []  # title-only rule lines waiting for the unit they head
 
     def heading() -> str | None:
-        return " › ".join(h for h in (chapter, section) if h) or None
+        return " › ".join(h[1] for h in (chapter, section) if h) or None
 
     def flush() -> None:
+        nonlocal title
         text = "\n".join(buf).strip()
-        if text:
-            units.append(Unit(text, rule, heading(), None))
+        if not text:
+            return
+        if len(buf) == 1 and _is_title(text):
+            title.append(text)
+            return
+        units.append(Unit("\n".join([*title, text]), rule, heading(), None))
+        title = []
 
     for page in doc.pages:
         for line in page.text.splitlines():
@@ -100,22 +118,42 @@ def regulation_units(doc: LoadedDocument) -> list[Unit]:
             if not m:
                 buf.append(line)
                 continue
-            number = m.group(1) or m.group(4)
-            guidance = m.group(2) or ""
-            rest = (m.group(3) or "").strip()
-            depth = number.count(".") + 1
             flush()
+            if m.group(4):  # "2.6.4.Guidance": heads the guidance notes that follow
+                buf, rule = [line], m.group(4)
+                continue
+            number, guidance, rest = m.group(1), m.group(2) or "", (m.group(3) or "").strip()
+            depth = number.count(".") + 1
             buf = []
             if not guidance and depth == 1 and rest and len(rest) < 100:
-                chapter, section, rule = f"{number}. {rest}", None, None
+                chapter, section, rule, title = (number, f"{number}. {rest}"), None, None, []
                 continue
             if not guidance and depth == 2 and rest and len(rest) < 80 and not rest.endswith("."):
-                section, rule = f"{number} {rest}", None
+                if chapter and not number.startswith(chapter[0] + "."):
+                    chapter = None
+                section, rule, title = (number, f"{number} {rest}"), None, []
                 continue
+            if section and not number.startswith(section[0] + "."):
+                section = None
+            if chapter and not number.startswith(chapter[0] + "."):
+                chapter = None
             rule = number + guidance
             buf.append(line)
     flush()
+    if title:
+        units.append(Unit("\n".join(title), rule, heading(), None))
     return units
+
+
+def _is_title(line: str) -> bool:
+    """A rule line that carries only a short title ("3.3.2  Requirements") or a bare number/guidance label."""
+    m = _RULE.match(line)
+    if not m:
+        return False
+    if m.group(4):
+        return True
+    rest = (m.group(3) or "").strip()
+    return len(rest) < 60 and not rest.endswith((".", ":", ";")) and not rest.startswith("[")
 
 
 def text_units(doc: LoadedDocument) -> list[Unit]:
@@ -146,9 +184,10 @@ def split_units(doc: LoadedDocument) -> list[Unit]:
 
 
 class Chunker:
-    def __init__(self, tokenize: TokenCounter, size_tokens: int, overlap_tokens: int) -> None:
+    def __init__(self, tokenize: TokenCounter, size_tokens: int, overlap_tokens: int, pack_rules: bool = False) -> None:
         self.tokenize = tokenize
         self.size = size_tokens
+        self.pack_rules = pack_rules
         self._splitter = SentenceSplitter(
             chunk_size=size_tokens, chunk_overlap=overlap_tokens, tokenizer=tokenize,
             include_metadata=False, include_prev_next_rel=False,
@@ -163,7 +202,8 @@ class Chunker:
         for unit in split_units(doc):
             n = len(self.tokenize(unit.text))
             key_changed = unit.page != cur_page or unit.heading != cur_heading or (
-                unit.heading is None and unit.section not in cur_secs and bool(cur_secs or unit.section)
+                (unit.heading is None or not self.pack_rules) and unit.section not in cur_secs
+                and bool(cur_secs or unit.section)
             )
             if cur_text and (key_changed or cur_tokens + n > self.size):
                 pieces.append((cur_text, cur_secs, cur_heading, cur_page))

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _DOC_NAMESPACE = uuid.UUID("0b5d3c52-2f4e-4b43-a1a4-3f0e6c6f9a11")
 # Bump when parsing or chunking changes what a file turns into: every document is then re-indexed.
-PARSER_VERSION = "9"
+PARSER_VERSION = "10"
 
 
 @dataclass
@@ -108,14 +108,15 @@ class Ingestor:
             embedder = self.components.embedder
             tokenize = getattr(embedder, "tokenize", None) or (lambda s: s.split())
             c = self.components.settings.chunking
-            self._chunker = Chunker(tokenize, c.size_tokens, c.overlap_tokens)
+            self._chunker = Chunker(tokenize, c.size_tokens, c.overlap_tokens, c.pack_rules)
         return self._chunker
 
     @property
     def pipeline(self) -> str:
         """Fingerprint of everything besides the file that decides its chunks and vectors."""
         c = self.components.settings.chunking
-        spec = f"{PARSER_VERSION}:{c.size_tokens}:{c.overlap_tokens}:{self.components.settings.embedding.model}"
+        model = self.components.settings.embedding.model
+        spec = f"{PARSER_VERSION}:{c.size_tokens}:{c.overlap_tokens}:{c.pack_rules}:{model}"
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     def ingest(
