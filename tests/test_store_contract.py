@@ -1,6 +1,7 @@
 """One contract for the `VectorStore` seam, run against every backend that runs here.
 
-- `embedded-path`: `QdrantStore.embedded_at(tmp dir)`, what the assistant uses by default.
+- `edge`: `EdgeStore.open(tmp dir)` (Qdrant Edge), what the assistant uses by default.
+- `embedded-path`: `QdrantStore.embedded_at(tmp dir)` (qdrant-client local mode, QDRANT_ENGINE=local).
 - `embedded-memory`: `QdrantStore(QdrantClient(":memory:"), embedded=True)`.
 - `server`: a real Qdrant server joins the parametrisation when FINRAG_TEST_QDRANT_URL is set (for example the
   compose `qdrant` service, the same URL as QDRANT_URL); each test then works in its own collections and drops
@@ -23,17 +24,21 @@ import pytest
 from qdrant_client import QdrantClient
 
 from assistant.chunks import Chunk
+from assistant.edge_store import EdgeStore
 from assistant.errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
 from assistant.store import QdrantStore, VectorStore
 
 SERVER_URL = os.environ.get("FINRAG_TEST_QDRANT_URL")
-BACKENDS = ["embedded-path", "embedded-memory", *(["server"] if SERVER_URL else [])]
+BACKENDS = ["edge", "embedded-path", "embedded-memory", *(["server"] if SERVER_URL else [])]
 DIM = 4
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QdrantStore]:
-    if request.param == "embedded-path":
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    backend: VectorStore
+    if request.param == "edge":
+        backend = EdgeStore.open(tmp_path / "edge")
+    elif request.param == "embedded-path":
         backend = QdrantStore.embedded_at(str(tmp_path / "qdrant"))
     elif request.param == "embedded-memory":
         backend = QdrantStore(QdrantClient(":memory:"), embedded=True)
@@ -42,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QdrantStor
         backend = QdrantStore.server(SERVER_URL, timeout_s=10)
     before = set(backend.collections())
     yield backend
-    if not backend.embedded:  # a shared server: drop what this test created
+    if not getattr(backend, "embedded", True):  # a shared server: drop what this test created
         admin = QdrantClient(url=SERVER_URL)
         for name in set(backend.collections()) - before:
             admin.delete_collection(name)
@@ -96,7 +101,7 @@ QUERY = [1.0, 0.0, 0.0, 0.0]
 # --- the contract -------------------------------------------------------------------------------------------
 
 
-def test_search_orders_by_cosine_and_returns_the_chunk_whole(store: QdrantStore, name: str) -> None:
+def test_search_orders_by_cosine_and_returns_the_chunk_whole(store: VectorStore, name: str) -> None:
     chunks = fill(store, name)
     hits = store.search(name, QUERY, limit=5)
     assert [h.chunk for h in hits] == [chunks[k] for k in ("same", "close", "apart", "orthogonal", "opposite")]
@@ -107,7 +112,7 @@ def test_search_orders_by_cosine_and_returns_the_chunk_whole(store: QdrantStore,
     assert [h.chunk for h in store.search(name, QUERY, limit=2)] == [chunks["same"], chunks["close"]]
 
 
-def test_ensure_collection_is_idempotent_and_refuses_another_dimension(store: QdrantStore, name: str) -> None:
+def test_ensure_collection_is_idempotent_and_refuses_another_dimension(store: VectorStore, name: str) -> None:
     fill(store, name)
     store.ensure_collection(name, DIM)
     assert store.count(name) == 5
@@ -117,11 +122,14 @@ def test_ensure_collection_is_idempotent_and_refuses_another_dimension(store: Qd
     assert store.count(name) == 5
 
 
-def test_upsert_of_the_same_chunks_overwrites(store: QdrantStore, name: str) -> None:
+def test_upsert_of_the_same_chunks_overwrites(store: VectorStore, name: str) -> None:
     chunks = fill(store, name)
     store.upsert(name, [chunks["opposite"]], [QUERY])  # same id, new vector
     assert store.count(name) == 5
-    assert store.search(name, QUERY, limit=1)[0].chunk == chunks["opposite"]
+    top = store.search(name, QUERY, limit=2)  # "same" and the overwritten "opposite" now tie at 1.0
+    assert {h.chunk.chunk_index for h in top} == {chunks["same"].chunk_index, chunks["opposite"].chunk_index}
+    assert [round(h.score, 5) for h in top] == [1.0, 1.0]
+    assert chunks["opposite"] in [h.chunk for h in top]
     with pytest.raises(ValueError, match="one vector per chunk"):
         store.upsert(name, [chunks["same"], chunks["close"]], [QUERY])
 
@@ -134,7 +142,7 @@ def test_upsert_of_the_same_chunks_overwrites(store: QdrantStore, name: str) -> 
     ({"section": ["Item 2"], "doc_type": "filing"}, ["close", "orthogonal"]),
     ({"company": "Tesla"}, []),
 ])
-def test_filters_restrict_results(store: QdrantStore, name: str, filters: dict[str, str | list[str]],
+def test_filters_restrict_results(store: VectorStore, name: str, filters: dict[str, str | list[str]],
                                   expected: list[str]) -> None:
     chunks = fill(store, name)
     hits = store.search(name, QUERY, limit=10, filters=filters)
@@ -148,14 +156,14 @@ def test_filters_restrict_results(store: QdrantStore, name: str, filters: dict[s
     ({"form": True}, r"must be a string, an integer or a list of them"),
     ({"form": None}, r"must be a string, an integer or a list of them"),
 ])
-def test_invalid_filter_is_refused(store: QdrantStore, name: str, filters: dict[str, object], message: str) -> None:
+def test_invalid_filter_is_refused(store: VectorStore, name: str, filters: dict[str, object], message: str) -> None:
     fill(store, name)
     with pytest.raises(InvalidFilter, match=message) as exc:
         store.search(name, QUERY, limit=3, filters=filters)  # type: ignore[arg-type]
     assert exc.value.status_code == 422
 
 
-def test_delete_document_keeps_only_the_kept_version(store: QdrantStore, name: str) -> None:
+def test_delete_document_keeps_only_the_kept_version(store: VectorStore, name: str) -> None:
     chunks = fill(store, name)
     new = [chunk("aapl", i, file_hash="v2", company="Apple Inc.") for i in range(3)]
     store.upsert(name, new, [unit(1.0, 0.0, 0.0, 0.1 * i + 0.1) for i in range(3)])
@@ -174,14 +182,14 @@ def test_delete_document_keeps_only_the_kept_version(store: QdrantStore, name: s
     assert [h.chunk for h in store.search(name, QUERY, limit=1)] == [chunks["apart"]]
 
 
-def test_count_per_document(store: QdrantStore, name: str) -> None:
+def test_count_per_document(store: VectorStore, name: str) -> None:
     fill(store, name)
     assert (store.count(name), store.count(name, "aapl"), store.count(name, "msft")) == (5, 2, 2)
     assert store.count(name, "unknown-doc") == 0
     assert store.count(f"{name}-absent") == 0
 
 
-def test_unknown_collection(store: QdrantStore, name: str) -> None:
+def test_unknown_collection(store: VectorStore, name: str) -> None:
     with pytest.raises(UnknownCollection, match=rf"collection '{name}' does not exist; ingest .* --collection {name}"):
         store.search(name, QUERY, limit=3)
     store.delete_document(name, "aapl")  # nothing to delete is not an error
@@ -225,7 +233,7 @@ def test_refused_open_leaks_no_file_handle(tmp_path: Path) -> None:
     assert leaks == []
 
 
-def test_payload_round_trips_through_every_field(store: QdrantStore, name: str) -> None:
+def test_payload_round_trips_through_every_field(store: VectorStore, name: str) -> None:
     original = Chunk(
         text="Total net sales: 81,797 (three months ended July 1, 2023)", source="2023 Q3 AAPL.pdf",
         doc_id="d1", chunk_index=7, page_start=4, page_end=4, section="Part I — Item 1. Financial Statements",
@@ -240,7 +248,7 @@ def test_payload_round_trips_through_every_field(store: QdrantStore, name: str) 
 
 
 
-def test_bm25_alone_ranks_by_sparse_score_and_honours_filters(store: QdrantStore, name: str) -> None:
+def test_bm25_alone_ranks_by_sparse_score_and_honours_filters(store: VectorStore, name: str) -> None:
     from assistant.sparse import SparseVector
 
     chunks = fill(store, name)
