@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev clean
+.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev reranker clean
 
 run: install models ingest-samples serve  ## set up .venv, fetch the LLM, ingest the samples, serve on 127.0.0.1:8000
 
@@ -48,6 +48,9 @@ eval: install  ## retrieval eval of the sample collection on the shared ADGM que
 EVAL_STEPS ?= retrieval answers
 eval-dev: install models  ## regenerate eval/results/ from ../shared/corpora (hours; EVAL_STEPS=retrieval: ~40 min)
 	EVAL_STEPS="$(EVAL_STEPS)" PYTHON=$(BIN)/python bash eval/reproduce.sh
+
+reranker: install  ## train the cross-encoder reranker on ObliQA dev's train split (needs ../shared; ~30 min)
+	EVAL_STEPS=reranker PYTHON=$(BIN)/python bash eval/reproduce.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

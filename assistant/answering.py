@@ -10,7 +10,8 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .chunks import ScoredChunk
 from .llm import LLM, Message, complete
@@ -50,6 +51,7 @@ class Answer:
     prompt_version: str
     timings_ms: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    inferred_filters: dict[str, Any] | None = None  # what retrieval kept to because the question named it
 
 
 def page_list(hit: ScoredChunk) -> list[int]:
@@ -184,10 +186,12 @@ class Answerer:
         found = self.retriever.search(question, collection, top_k or self.retrieval.top_k, filters)
         hits = found.hits
         timings["retrieve"] = _ms(started)
+        timings.update({f"retrieve_{k}": round(v) for k, v in found.timings_ms.items()})
         gate = self.retrieval.min_score if min_score is None else min_score
         if not hits or found.evidence < gate:
             log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, gate)
-            return Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings)
+            return replace(Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings),
+                           inferred_filters=found.inferred_filters)
         llm = self.llm_factory()
         texts = source_texts(hits, self.retrieval.context_chars)
         messages = render_messages(self.prompt, question, hits, texts)
@@ -195,7 +199,8 @@ class Answerer:
         raw = complete(llm, messages, max_tokens=self.llm_settings.max_tokens,
                        temperature=self.llm_settings.temperature)
         timings["generate"] = _ms(t)
-        return self.finish(raw, hits, llm.name, timings, shown=len(texts))
+        answer = self.finish(raw, hits, llm.name, timings, shown=len(texts))
+        return replace(answer, inferred_filters=found.inferred_filters)
 
     def finish(
         self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int], shown: int | None = None

@@ -49,6 +49,7 @@ def chat(body: ChatRequest, request: Request) -> ChatResponse:
     return ChatResponse(
         answer_id=result.answer_id, answer=a.answer,
         citations=[CitationOut(**asdict(c)) for c in a.citations], refused=a.refused, warnings=a.warnings,
+        inferred_filters=a.inferred_filters,
         model=a.model, prompt_version=a.prompt_version, latency_ms=result.latency_ms,
     )
 

@@ -6,8 +6,14 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Payload fields stored with every point, in this order of usefulness to a reader.
-FILTERABLE_FIELDS = ("source", "doc_id", "doc_type", "company", "form", "period", "family", "section", "title")
+# Payload fields stored with every point, in this order of usefulness to a reader. Documents carry those their
+# text shows (see ingest.loading.describe): doc_kind ("10-Q", "rulebook", "guidance" ...), company, ticker,
+# form, period (as printed), fiscal_year, fiscal_quarter ("Q3"), quarters (every "YYYY-Qn" a filing's quarter
+# is known by), family (rulebooks: "COBS" ...).
+FILTERABLE_FIELDS = ("source", "doc_id", "doc_type", "doc_kind", "company", "ticker", "form", "period", "fiscal_year",
+                     "fiscal_quarter", "quarters", "family", "section", "title")
+# Filterable fields whose values are integers (indexed as such); the others are keywords.
+INTEGER_FIELDS = frozenset({"fiscal_year"})
 
 _NAMESPACE = uuid.UUID("6f1c1f0e-6b8e-4ad6-9b1c-6f3c9b2d7a10")
 
@@ -60,3 +66,16 @@ class ScoredChunk:
     chunk: Chunk
     score: float
     point_id: str = ""
+
+
+def passage_text(chunk: Chunk) -> str:
+    """A chunk as models read it: where it sits (title, heading, section), then its text.
+
+    The embedder embeds this at ingest time and the reranker reads it at query time.
+    """
+    context = [chunk.title or chunk.source]
+    if chunk.extra.get("heading"):
+        context.append(str(chunk.extra["heading"]))
+    if chunk.section:
+        context.append(chunk.section)
+    return " | ".join(context) + "\n" + chunk.text

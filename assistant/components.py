@@ -13,13 +13,17 @@ import sqlalchemy as sa
 
 from .answering import Answerer
 from .db import connect
+from .edge_store import EdgeStore
 from .embedding import Embedder, SentenceTransformerEmbedder
+from .errors import ComponentUnavailable
 from .llm import LLM, LlamaCppLLM, OllamaLLM
 from .models import require_model
+from .query import Facets, Inference, collection_facets
+from .rerank import CrossEncoderReranker, Reranker
 from .retrieval import RetrievalMode, Retriever
 from .settings import Settings
 from .sparse import BM25Encoder
-from .store import QdrantStore, VectorStore
+from .store import Fusion, QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,9 @@ class Components:
         self._llm = llm
         self._engine = engine
         self._sparse: BM25Encoder | None = None
+        self._reranker: Reranker | None = None
+        self._reranker_built = False
+        self._facets: dict[str, tuple[int, Facets]] = {}
         self._lock = threading.RLock()
 
     def _once(self, attr: str, build: Any) -> Any:
@@ -65,6 +72,8 @@ class Components:
             if s.url:
                 return QdrantStore.server(s.url, s.api_key, s.timeout_s)
             self.settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+            if s.engine == "edge":
+                return EdgeStore.open(self.settings.qdrant_path)
             return QdrantStore.embedded_at(str(self.settings.qdrant_path))
 
         return self._once("_store", build)
@@ -99,10 +108,51 @@ class Components:
     def retriever(self) -> Retriever:
         return self.retriever_for(self.settings.retrieval.mode)
 
-    def retriever_for(self, mode: RetrievalMode) -> Retriever:
-        """A retriever of the given mode over the shared embedder and store (eval baselines use this)."""
+    def retriever_for(self, mode: RetrievalMode, rerank: bool | None = None) -> Retriever:
+        """A retriever of the given mode over the shared embedder and store (eval baselines use this).
+
+        `rerank`: None follows RERANK_ENABLED (and reranks only when the model is built); True requires it.
+        """
         sparse = self.sparse if mode in ("hybrid", "bm25") else None
-        return Retriever(self.embedder, self.store, sparse, self.settings.retrieval.candidates, mode == "bm25")
+        reranker = self.reranker if rerank or (rerank is None and self.settings.rerank.enabled) else None
+        if rerank and reranker is None:
+            raise ComponentUnavailable(
+                f"no reranker model at {self.settings.reranker_path}; build it with `make reranker`"
+            )
+        r = self.settings.retrieval
+        fusion = Fusion(k=r.rrf_k, dense_weight=r.dense_weight, sparse_weight=r.sparse_weight)
+        return Retriever(self.embedder, self.store, sparse, r.candidates, mode == "bm25",
+                         reranker=reranker, rerank_depth=self.settings.rerank.candidates, fusion=fusion,
+                         inference=Inference() if r.infer_filters else None, facets=self.facets)
+
+    def facets(self, collection: str) -> Facets:
+        """What a collection holds per document (companies, periods …), cached until its size changes."""
+        size = self.store.count(collection)
+        with self._lock:
+            cached = self._facets.get(collection)
+            if cached is not None and cached[0] == size:
+                return cached[1]
+        facets = collection_facets(c for _, c in self.store.scroll_chunks(collection))
+        with self._lock:
+            self._facets[collection] = (size, facets)
+        return facets
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The trained cross-encoder, or None (logged once) when it has not been built."""
+        def build() -> Reranker | None:
+            r = self.settings.rerank
+            path = self.settings.reranker_path
+            if not (path / "config.json").exists():
+                log.warning("no reranker at %s: retrieval keeps the fused order (build it: make reranker)", path)
+                return None
+            return CrossEncoderReranker(path, max_length=r.max_length, threads=r.threads)
+
+        with self._lock:
+            if not self._reranker_built:
+                self._reranker = build()
+                self._reranker_built = True
+            return self._reranker
 
     @property
     def answerer(self) -> Answerer:

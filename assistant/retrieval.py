@@ -2,20 +2,24 @@
 
 `hybrid` (default) fuses dense (MiniLM) and BM25 candidates by reciprocal rank in Qdrant's Query API;
 `dense` uses the embedder alone; `bm25` the sparse BM25 vectors alone (a baseline, and for exact-term
-lookups). All work unchanged on embedded Qdrant and a Qdrant server.
+lookups). All work unchanged on embedded Qdrant and a Qdrant server. With a reranker, the first
+`rerank_depth` candidates of any mode are re-scored by the cross-encoder (assistant/rerank.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .chunks import ScoredChunk
 from .embedding import Embedder, embed_one
+from .query import Facets, Inference, combine, infer_filters
+from .rerank import Reranker, rerank
 from .sparse import BM25Encoder
-from .store import Filters, VectorStore
+from .store import Filters, Fusion, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,8 @@ RETRIEVAL_MODES: tuple[RetrievalMode, ...] = ("hybrid", "dense", "bm25")
 class Retrieval:
     hits: list[ScoredChunk]
     evidence: float  # best dense cosine similarity: how close the closest chunk really is
+    timings_ms: dict[str, float] = field(default_factory=dict)  # embed, search, rerank
+    inferred_filters: dict[str, Any] | None = None  # what the question named (company, period …), applied
 
 
 @dataclass
@@ -36,6 +42,11 @@ class Retriever:
     sparse: BM25Encoder | None = None  # None: dense only
     candidates: int = 40
     bm25_only: bool = False  # sparse vectors alone, no dense ranking (needs `sparse`)
+    reranker: Reranker | None = None
+    rerank_depth: int = 20  # candidates the reranker re-scores
+    fusion: Fusion | None = None  # hybrid: RRF constant and weights (None: plain RRF)
+    inference: Inference | None = None  # infer filters from the question (None: never)
+    facets: Callable[[str], Facets] | None = None  # what a collection holds, for `inference`
 
     def __post_init__(self) -> None:
         if self.bm25_only and self.sparse is None:
@@ -52,15 +63,27 @@ class Retriever:
 
     def search(self, question: str, collection: str, top_k: int, filters: Filters | None = None) -> Retrieval:
         started = time.perf_counter()
+        inferred = None
+        if self.inference is not None and self.facets is not None:
+            facets = self.facets(collection)
+            filters, inferred = combine(infer_filters(question, facets, self.inference), filters, facets)
         vector = embed_one(self.embedder, question)
+        embedded = time.perf_counter()
+        depth = max(top_k, self.rerank_depth) if self.reranker is not None else top_k
         if self.sparse is None:
-            hits = self.store.search(collection, vector, top_k, filters)
+            hits = self.store.search(collection, vector, depth, filters)
             evidence = hits[0].score if hits else 0.0
         else:  # BM25 alone (no dense vector) or fused with the dense ranking
-            hits = self.store.search(collection, None if self.bm25_only else vector, top_k, filters,
-                                     sparse=self.sparse.encode_query(question), candidates=self.candidates)
+            hits = self.store.search(collection, None if self.bm25_only else vector, depth, filters,
+                                     sparse=self.sparse.encode_query(question), candidates=self.candidates,
+                                     fusion=self.fusion)
             nearest = self.store.search(collection, vector, 1, filters)
             evidence = nearest[0].score if nearest else 0.0
+        searched = time.perf_counter()
+        timings = {"embed": (embedded - started) * 1000, "search": (searched - embedded) * 1000}
+        if self.reranker is not None:
+            reranked = rerank(self.reranker, question, hits, self.rerank_depth)
+            hits, timings["rerank"] = reranked.hits, reranked.ms
         log.debug("retrieved %d chunks from %s in %.0f ms", len(hits), collection,
                   (time.perf_counter() - started) * 1000)
-        return Retrieval(hits, evidence)
+        return Retrieval(hits[:top_k], evidence, timings, inferred)

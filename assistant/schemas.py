@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
@@ -12,8 +12,11 @@ class ChatRequest(BaseModel):
     collection: str | None = Field(default=None, description="Collection to search (default: the server's).")
     filters: dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]] | None = Field(
         default=None,
-        description="Payload filters, all must hold: e.g. {\"source\": \"2023 Q3 AAPL.pdf\"} or "
-        "{\"doc_type\": \"regulation\", \"family\": [\"COBS\", \"AML\"]}.",
+        description="Payload filters, all must hold: e.g. {\"source\": \"2023 Q3 AAPL.pdf\"}, "
+        "{\"ticker\": \"AAPL\", \"fiscal_year\": 2023, \"fiscal_quarter\": \"Q3\"}, {\"doc_kind\": \"10-Q\"} or "
+        "{\"doc_kind\": [\"rulebook\", \"guidance\"], \"family\": [\"COBS\", \"AML\"]}. Fields: source, doc_type, "
+        "doc_kind (10-K, 10-Q, rulebook, guidance …), company, ticker, form, period, fiscal_year, fiscal_quarter, "
+        "quarters (\"2023-Q3\"), family, section, title.",
     )
     top_k: int | None = Field(default=None, ge=1, le=50, description="Number of sources to retrieve.")
 
@@ -33,6 +36,11 @@ class ChatResponse(BaseModel):
     answer: str
     citations: list[CitationOut]
     refused: bool = Field(description="True when the documents did not contain the answer.")
+    inferred_filters: dict[str, Any] | None = Field(
+        default=None,
+        description="Filters read from the question (company/ticker, fiscal period, form) that retrieval kept to, "
+        "e.g. {\"ticker\": \"AAPL\", \"period\": \"July 1, 2023\"}; RETRIEVAL_INFER_FILTERS=false turns this off.",
+    )
     warnings: list[str]
     model: str
     prompt_version: str

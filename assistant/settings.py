@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_FILE = ".env"
+RERANKER_NAME = "reranker-minilm-v1"  # what `make reranker` builds under DATA_DIR/models
 
 
 class _Section(BaseSettings):
@@ -27,8 +28,15 @@ class StoreSettings(_Section):
         description="Qdrant server URL (e.g. http://qdrant:6333). Unset: embedded Qdrant under DATA_DIR/qdrant.",
     )
     api_key: str | None = Field(default=None, description="API key for a Qdrant server, if it needs one.")
+    engine: Literal["edge", "local"] = Field(
+        default="edge",
+        description="Embedded engine when no URL is set: 'edge' (Qdrant Edge, Qdrant's Rust engine in-process: "
+        "HNSW, sparse index, payload indexes) or 'local' (qdrant-client's pure-Python local mode, slow past "
+        "~10k chunks). Switching needs a re-ingest or `python -m ingest.copy_index`.",
+    )
     path: Path | None = Field(
-        default=None, description="Embedded Qdrant directory. Default: DATA_DIR/qdrant."
+        default=None,
+        description="Embedded index directory. Default: DATA_DIR/qdrant-edge (edge) or DATA_DIR/qdrant (local).",
     )
     timeout_s: float = Field(default=30.0, description="Timeout of one Qdrant request, in seconds.")
 
@@ -83,6 +91,14 @@ class RetrievalSettings(_Section):
         description="'hybrid': dense + BM25 fused by reciprocal rank; 'dense': embeddings only; 'bm25': BM25 only.",
     )
     candidates: int = Field(default=40, ge=1, le=1000, description="Candidates from each retriever before fusion.")
+    infer_filters: bool = Field(
+        default=True,
+        description="Filter on the companies, fiscal periods and forms a question names (assistant/query.py); "
+        "filters given with the request win.",
+    )
+    rrf_k: int = Field(default=2, ge=1, le=1000, description="Hybrid: RRF rank constant (Qdrant's default is 2).")
+    dense_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Hybrid: weight of the dense ranking.")
+    sparse_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Hybrid: weight of the BM25 ranking.")
     top_k: int = Field(default=5, ge=1, le=50, description="Chunks given to the LLM as sources.")
     min_score: float = Field(
         default=0.25,
@@ -92,6 +108,26 @@ class RetrievalSettings(_Section):
     context_chars: int = Field(
         default=6000, ge=500, description="Most characters of source text put into one prompt."
     )
+
+
+class RerankSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="RERANK_", env_file=ENV_FILE, extra="ignore")
+
+    enabled: bool = Field(
+        default=True,
+        description="Rerank the fused candidates with our cross-encoder when its model is built "
+        "(`make reranker`); without the model, retrieval keeps the fused order.",
+    )
+    model: str = Field(
+        default=RERANKER_NAME,
+        description="Folder name of the reranker under DATA_DIR/models (or an absolute path).",
+    )
+    candidates: int = Field(default=20, ge=2, le=200, description="Fused candidates the cross-encoder rescores (N).")
+    max_length: int | None = Field(
+        default=None, ge=32, le=512,
+        description="Tokens of question + passage it reads (default: what the model was trained with).",
+    )
+    threads: int = Field(default=2, ge=1, description="Torch CPU threads for reranking.")
 
 
 class ChunkingSettings(_Section):
@@ -139,6 +175,7 @@ class Settings(_Section):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -161,11 +198,16 @@ class Settings(_Section):
 
     @property
     def qdrant_path(self) -> Path:
-        return self.store.path or self.data_dir / "qdrant"
+        return self.store.path or self.data_dir / ("qdrant-edge" if self.store.engine == "edge" else "qdrant")
 
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def reranker_path(self) -> Path:
+        path = Path(self.rerank.model)
+        return path if path.is_absolute() else self.models_dir / path
 
     @property
     def db_url(self) -> str:
@@ -174,5 +216,6 @@ class Settings(_Section):
 
 
 _SECTIONS = (
-    StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings, Settings,
+    StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings,
+    RerankSettings, Settings,
 )

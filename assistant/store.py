@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from qdrant_client import QdrantClient, models
 
-from .chunks import FILTERABLE_FIELDS, Chunk, ScoredChunk
+from .chunks import FILTERABLE_FIELDS, INTEGER_FIELDS, Chunk, ScoredChunk
 from .errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
 from .sparse import SparseVector
 
@@ -27,14 +29,27 @@ DENSE = "dense"
 SPARSE = "bm25"
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """Weighted reciprocal-rank fusion: score = Σ 1 / (rank / weight + k - 1) over the two rankings
+    (Qdrant's formula; rank is 1-based). Equal weights and k = 2 are Qdrant's plain RRF."""
+
+    k: int = 2
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+
+    def rrf(self) -> models.Rrf:
+        return models.Rrf(k=self.k, weights=[self.dense_weight, self.sparse_weight])
+
+
 class VectorStore(Protocol):
     def search(
         self, collection: str, vector: Sequence[float] | None, limit: int, filters: Filters | None = None,
-        sparse: SparseVector | None = None, candidates: int | None = None,
+        sparse: SparseVector | None = None, candidates: int | None = None, fusion: Fusion | None = None,
     ) -> list[ScoredChunk]:
         """The `limit` best chunks that pass `filters`, best first: nearest to `vector`; with `sparse`,
-        dense and BM25 candidates (`candidates` of each) fused by reciprocal rank; with `sparse` and no
-        `vector`, BM25 alone."""
+        dense and BM25 candidates (`candidates` of each) fused by reciprocal rank (`fusion`: its constant
+        and per-retriever weights); with `sparse` and no `vector`, BM25 alone."""
         ...
 
     def ensure_collection(self, collection: str, dim: int) -> None: ...
@@ -44,12 +59,18 @@ class VectorStore(Protocol):
     ) -> None: ...
     def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None: ...
     def count(self, collection: str, doc_id: str | None = None) -> int: ...
+    def scroll_chunks(self, collection: str, batch: int = 512) -> Iterable[tuple[str, Chunk]]: ...
     def collections(self) -> list[str]: ...
     def close(self) -> None: ...
 
 
 def build_filter(filters: Filters | None) -> models.Filter | None:
-    """Translate `{"field": value | [values]}` into a Qdrant payload filter (all must hold)."""
+    """Translate `{"field": value | [values]}` into a Qdrant payload filter (all must hold).
+
+    A list matches any of its values. Integer fields (`INTEGER_FIELDS`, e.g. fiscal_year) also take digit
+    strings ("2023"), as a command line passes them; a list-valued payload (quarters) matches when any of its
+    items does.
+    """
     if not filters:
         return None
     must: list[models.Condition] = []
@@ -61,12 +82,27 @@ def build_filter(filters: Filters | None) -> models.Filter | None:
         if isinstance(value, list):
             if not value or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
                 raise InvalidFilter(f"filter {key!r} needs a non-empty list of strings or integers")
-            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=value)))
+            any_of = [_integer(key, v) for v in value] if key in INTEGER_FIELDS else value
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=any_of)))
         elif isinstance(value, str | int) and not isinstance(value, bool):
-            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+            one = _integer(key, value) if key in INTEGER_FIELDS else value
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=one)))
         else:
             raise InvalidFilter(f"filter {key!r} must be a string, an integer or a list of them")
     return models.Filter(must=must)
+
+
+def _integer(key: str, value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise InvalidFilter(f"filter {key!r} takes integers (e.g. 2023), got {value!r}") from None
+
+
+def _payload_schema(key: str) -> models.PayloadSchemaType:
+    return models.PayloadSchemaType.INTEGER if key in INTEGER_FIELDS else models.PayloadSchemaType.KEYWORD
 
 
 class QdrantStore:
@@ -101,6 +137,11 @@ class QdrantStore:
             raise
         return cls(client, embedded=True)
 
+    @property
+    def client(self) -> QdrantClient:
+        """The underlying qdrant-client (maintenance tools such as ingest.copy_index)."""
+        return self._client
+
     @classmethod
     def server(cls, url: str, api_key: str | None = None, timeout_s: float = 30.0) -> QdrantStore:
         return cls(QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s)), embedded=False)
@@ -121,6 +162,7 @@ class QdrantStore:
                     f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
                     "re-ingest into a new collection (--collection) or switch the embedder back"
                 )
+            self._create_payload_indexes(collection, existing=info.payload_schema)
             return
         log.info("creating collection %s (%d-d, cosine)", collection, dim)
         self._client.create_collection(
@@ -128,9 +170,20 @@ class QdrantStore:
             vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
         )
-        if not self.embedded:  # payload indexes are a server feature; embedded mode ignores them
+        self._create_payload_indexes(collection, existing={})
+
+    def _create_payload_indexes(self, collection: str, existing: Mapping[str, Any]) -> None:
+        """Index every filterable field not indexed yet (integer for INTEGER_FIELDS, keyword otherwise).
+
+        A collection from an older finrag gets the fields added since. Embedded Qdrant accepts the calls, keeps
+        no index (it filters by scanning) and reports no schema, so it is asked each time, at no cost.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant",
+                                    category=UserWarning)
             for key in FILTERABLE_FIELDS:
-                self._client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
+                if key not in existing:
+                    self._client.create_payload_index(collection, key, _payload_schema(key))
 
     def upsert(
         self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
@@ -168,7 +221,7 @@ class QdrantStore:
 
     def search(
         self, collection: str, vector: Sequence[float] | None, limit: int, filters: Filters | None = None,
-        sparse: SparseVector | None = None, candidates: int | None = None,
+        sparse: SparseVector | None = None, candidates: int | None = None, fusion: Fusion | None = None,
     ) -> list[ScoredChunk]:
         if not self._client.collection_exists(collection):
             raise UnknownCollection(
@@ -198,7 +251,7 @@ class QdrantStore:
                         using=SPARSE, limit=depth, filter=flt,
                     ),
                 ],
-                query=models.FusionQuery(fusion=models.Fusion.RRF),
+                query=models.RrfQuery(rrf=(fusion or Fusion()).rrf()),
                 limit=limit, with_payload=True,
             )
         return [

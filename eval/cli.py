@@ -1,7 +1,7 @@
 """`python -m eval` (console script `finrag-eval`): score retrieval and answers, compare runs, report.
 
     python -m eval run questions.jsonl [--collection NAME] [--k 1,3,5,10] [--retriever product|hybrid|dense|bm25]
-                                       [--answers] [--context retrieved|evidence] [--judge]
+                                       [--filter FIELD=VALUE ...] [--answers] [--context retrieved|evidence] [--judge]
                                        [--limit N | --sample N] [--seed S] [--out DIR] [--resume]
     python -m eval compare RUN_A RUN_B [--resamples 2000] [--seed 0]
     python -m eval report RUN_DIR
@@ -23,12 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from assistant.chunks import FILTERABLE_FIELDS, INTEGER_FIELDS
 from assistant.components import Components
 from assistant.errors import FinragError
 from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
 
-from . import compare, report
+from . import compare, fusion_tune, report, rerank_train
 from .judge import Judge, load_judge_prompt
 from .questions import QuestionFileError, load_questions, sample_in_order
 from .results import RESULTS_FILE, default_run_dir, write_json, write_run
@@ -61,6 +62,34 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_filter(text: str) -> tuple[str, str | int]:
+    """`FIELD=VALUE` of --filter: a filterable payload field and its value (an integer for integer fields)."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not value:
+        raise argparse.ArgumentTypeError(f"--filter wants FIELD=VALUE, e.g. ticker=AAPL, got {text!r}")
+    if key not in FILTERABLE_FIELDS:
+        raise argparse.ArgumentTypeError(f"--filter: cannot filter on {key!r}; filterable fields are: "
+                                         f"{', '.join(FILTERABLE_FIELDS)}")
+    if key in INTEGER_FIELDS:
+        try:
+            return key, int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--filter: {key} takes an integer, got {value!r}") from None
+    return key, value
+
+
+def combine_filters(pairs: Sequence[tuple[str, str | int]] | None) -> dict[str, Any] | None:
+    """--filter pairs as store filters: all fields must hold; a field given twice matches any of its values."""
+    if not pairs:
+        return None
+    values: dict[str, list[Any]] = {}
+    for key, value in pairs:
+        if value not in values.setdefault(key, []):
+            values[key].append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finrag-eval", description="Offline evaluation of finrag.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--k", type=parse_ks, default=(1, 3, 5, 10), help="cut-offs, e.g. 1,3,5,10 (default)")
     run.add_argument("--retriever", choices=RETRIEVERS, default="product",
                      help="'product' (RETRIEVAL_MODE, default) or a baseline: hybrid, dense, bm25")
+    run.add_argument("--filter", type=parse_filter, action="append", dest="filters", metavar="FIELD=VALUE",
+                     help="retrieve only chunks whose payload FIELD has VALUE, for every question (repeatable; "
+                     "a field given twice matches either value), e.g. --filter ticker=AAPL --filter fiscal_year=2023")
     run.add_argument("--answers", action="store_true", help="also answer with the LLM and score the answers")
     run.add_argument("--context", choices=("retrieved", "evidence"), default="retrieved",
                      help="answer from retrieval over the collection (default) or from the evidence documents")
@@ -78,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--limit", type=positive_int, help="only the first N questions")
     pick.add_argument("--sample", type=positive_int, help="a random sample of N questions (see --seed), in file order")
     run.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    run.add_argument("--split", choices=("all", "train", "test"), default="all",
+                     help="only the reranker's training or held-out questions (eval/rerank_train.py split_of)")
+    run.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                     help="rerank with the trained cross-encoder (default: product follows RERANK_ENABLED, "
+                     "the baselines do not)")
     run.add_argument("--out", type=Path, help="run folder (default: eval/runs/<timestamp>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip questions already in its results.json")
@@ -86,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.configure_parser(commands.add_parser(
         "compare", help="deltas of RUN_B against RUN_A per metric and segment, with bootstrap intervals"))
     report.configure_parser(commands.add_parser("report", help="(re)write report.md and report.html of a run"))
+    fusion_tune.configure_parser(commands.add_parser(
+        "tune-fusion", help="grid-search the hybrid fusion (RRF k, weights) on the train split"))
+    rerank_train.configure_parser(commands.add_parser(
+        "train-reranker", help="train the cross-encoder reranker on the train split of question files"))
     tatqa = commands.add_parser("tatqa", help="build the TAT-QA answer set (documents + questions.jsonl)")
     tatqa.add_argument("source", type=Path, help="tatqa_dataset_dev.json (or another TAT-QA split)")
     tatqa.add_argument("--out", type=Path, required=True, help="folder for documents/ and questions.jsonl")
@@ -110,7 +151,8 @@ def load_done(out_dir: Path | None, settings: dict[str, Any]) -> list[dict[str, 
     except json.JSONDecodeError as exc:
         raise QuestionFileError(f"cannot resume: {path} is not valid JSON ({exc.msg})") from exc
     before = data.get("settings", {})
-    for key in ("questions_file", "collection", "retriever", "answers", "context", "judge", "k"):
+    for key in ("questions_file", "collection", "retriever", "answers", "context", "judge", "k", "split",
+                "filters"):
         if key in before and before[key] != settings.get(key):
             raise QuestionFileError(
                 f"cannot resume {out_dir}: it was run with {key}={before[key]!r}, this run has {settings.get(key)!r}"
@@ -123,17 +165,24 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         raise QuestionFileError("--judge grades answers: add --answers")
     if args.context == "evidence" and not args.answers:
         raise QuestionFileError("--context evidence is about answers: add --answers")
-    questions = sample_in_order(load_questions(args.questions, args.limit), args.sample, args.seed)
+    questions = load_questions(args.questions, args.limit)
+    if args.split != "all":
+        questions = [q for q in questions if rerank_train.split_of(q) == args.split]
+    questions = sample_in_order(questions, args.sample, args.seed)
     collection = args.collection or settings.collection
     mode = settings.retrieval.mode if args.retriever == "product" else args.retriever
-    config = RunConfig(collection=collection, ks=args.k, with_answers=args.answers, context=args.context)
+    rerank = args.rerank if args.rerank is not None else (None if args.retriever == "product" else False)
+    filters = combine_filters(args.filters)
+    config = RunConfig(collection=collection, ks=args.k, with_answers=args.answers, context=args.context,
+                       filters=filters)
     run_settings: dict[str, Any] = {
         "command": "python -m eval " + shlex.join(args.argv),
         "questions_file": str(args.questions), "collection": collection,
-        "retriever": args.retriever, "retrieval_mode": mode, "embedder": settings.embedding.model,
+        "retriever": args.retriever, "retrieval_mode": mode, "filters": filters,
+        "embedder": settings.embedding.model,
         "k": list(config.ks), "budgets": list(config.budgets), "depth": config.depth,
         "answers": config.with_answers, "context": config.context, "judge": args.judge,
-        "limit": args.limit, "sample": args.sample, "seed": args.seed,
+        "limit": args.limit, "sample": args.sample, "seed": args.seed, "split": args.split,
     }
     if args.answers:
         run_settings.update(llm=settings.llm.model if settings.llm.backend == "llamacpp"
@@ -167,11 +216,15 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.judge:
             judge = Judge(components.llm, load_judge_prompt())
             run_settings["judge_prompt"] = judge.version
+        retriever = components.retriever_for(mode, rerank)
+        run_settings["reranker"] = retriever.reranker.name if retriever.reranker is not None else None
+        if retriever.reranker is not None:
+            run_settings["rerank_depth"] = retriever.rerank_depth
         answerer = components.answerer if args.answers else None
         if answerer is not None:
-            answerer.retriever = components.retriever_for(mode)
+            answerer.retriever = retriever
             run_settings["prompt"] = answerer.prompt.version
-        runner = Runner(components.retriever_for(mode), config, answerer, judge)
+        runner = Runner(retriever, config, answerer, judge)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result = runner.run(todo, progress=not args.no_progress, done=done, on_record=checkpoint)
     except KeyboardInterrupt:
@@ -221,6 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tatqa_command(args)
     settings = Settings.load()
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "tune-fusion":
+        return fusion_tune.run_command(args, settings)
+    if args.command == "train-reranker":
+        try:
+            return rerank_train.run_command(args)
+        except FinragError as exc:
+            print(f"finrag-eval: {exc.message}", file=sys.stderr)
+            return 1
     try:
         return run_command(args, settings)
     except QuestionFileError as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from assistant.answering import Answerer
 from assistant.chunks import ScoredChunk
 from assistant.errors import FinragError
 from assistant.retrieval import Retriever
+from assistant.store import FilterValue
 
 from .answers import answer_record, answer_scores
 from .judge import Judge
@@ -51,6 +52,7 @@ class RunConfig:
     answer_top_k: int | None = None  # None: the assistant's RETRIEVAL_TOP_K (EVIDENCE_TOP_K for evidence)
     budgets: tuple[int, ...] = BUDGETS
     context: ContextMode = "retrieved"
+    filters: Mapping[str, FilterValue] | None = None  # payload filters on every retrieval (`--filter`)
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -123,8 +125,10 @@ class Runner:
     def evaluate(self, question: Question) -> dict[str, Any]:
         """One question's record: retrieved chunks with their matches, scores, and the answer if asked."""
         t = time.perf_counter()
-        hits = self.retriever.retrieve(question.question, self.config.collection, self.config.depth)
-        timings = {"retrieve": _ms(t)}
+        retrieval = self.retriever.search(question.question, self.config.collection, self.config.depth,
+                                          self.config.filters)
+        hits = retrieval.hits
+        timings = {"retrieve": _ms(t), **{k: round(v) for k, v in retrieval.timings_ms.items()}}
         chunks = [h.chunk for h in hits]
         ranks = match_ranks(question.evidence, chunks)
         record: dict[str, Any] = {
@@ -153,12 +157,13 @@ class Runner:
 
     def _answer(self, question: Question, record: dict[str, Any], timings: dict[str, int]) -> None:
         assert self.answerer is not None
-        top_k, filters, min_score = self.config.answer_top_k, None, None
+        top_k, filters, min_score = self.config.answer_top_k, self.config.filters, None
         if self.config.context == "evidence":
-            filters = evidence_filter(question)
-            if filters is None:
+            evidence = evidence_filter(question)
+            if evidence is None:
                 record["error"] = "no exact evidence file names to take the context from"
                 return
+            filters = {**(self.config.filters or {}), **evidence}
             top_k, min_score = top_k or EVIDENCE_TOP_K, 0.0
         t = time.perf_counter()
         try:

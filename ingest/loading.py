@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,34 +174,184 @@ def _load_html(path: Path) -> list[Page]:
     return [Page(i, part.strip()) for i, part in enumerate(parts, start=1)]
 
 
+_MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+                "November", "December")
+_MONTHS = {name.lower()[:3]: number for number, name in enumerate(_MONTH_NAMES, start=1)}
+_MONTH = "(" + "|".join(_MONTH_NAMES) + ")"
 _FORM = re.compile(r"\bFORM\s+(10-K|10-Q|8-K|20-F|40-F|6-K)\b", re.I)
-_PERIOD = re.compile(r"(?:quarterly|fiscal year|annual)?\s*period\s+ended\s+([A-Z][a-z]+\.? \d{1,2},\s*\d{4})", re.I)
+_ANNUAL_FORMS = {"10-K", "20-F", "40-F"}
+_PERIOD = re.compile(r"\b(?:period|fiscal\s+year)\s+ended:?\s+([A-Z][a-z]+\.? \d{1,2},\s*\d{4})", re.I)
 _REGISTRANT = re.compile(r"\n\s*([^\n]{2,80}?)\s*\n[^\n]*\(Exact name of registrant", re.I)
-_RULE_LINE = re.compile(r"^\d+(?:\.\d+)+(?:\.Guidance(?:\.\d+)?)?[\t ]", re.M)
+_AFTER_FILE_NUMBER = re.compile(r"Commission\s+File\s+Number:?\s*[0-9-]+[ \t]*\n\s*([^\n(]{2,80}?)[ \t]*\n", re.I)
+_TRADING_SYMBOL = re.compile(r"Trading\s+Symbol", re.I)
+_TICKER_ROW = re.compile(r"(?<![\w.$])([A-Z]{1,5}(?:\.[A-Z]{1,2})?)\s+(?:The\s+)?(?:Nasdaq|NASDAQ|New\s+York\s+Stock"
+                         r"\s+Exchange|NYSE|Cboe|CBOE|Chicago\s+Stock)")
+_NAME_TICKER = re.compile(r"(?<![A-Za-z])([A-Z]{2,5})(?![A-Za-z])")
+_NAME_NOT_TICKER = {"FY", "FORM", "VER", "SEC", "ADGM", "FSRA", "DRAFT", "FINAL"}
+_EDGAR_NAME = re.compile(r"^([a-z]{1,5})-\d{8}")  # aapl-20230701.htm
+_NAME_QUARTER = re.compile(r"(?<![0-9])((?:19|20)\d\d)[ _-]?Q([1-4])(?![0-9])", re.I)  # "2023 Q3 AAPL.pdf"
+_QUARTER_HEADER = re.compile(r"\bQ([1-4])\s+(?:FY\s?)?((?:19|20)\d\d)\s+Form\s+10-Q\b", re.I)  # "Q3 2023 Form 10-Q"
+_FY_END_DATE = re.compile(r"(?:\bfiscal\s+year\s+end(?:ed|ing|s)?(?:\s+on)?|\bForm\s+10-K\s+for\s+the\s+(?:fiscal\s+)?"
+                          r"year\s+ended)\s+" + _MONTH + r"\s+(\d{1,2})\b", re.I)
+_FY_END_RULE = re.compile(r"\bfiscal\s+year\b[^.]{0,80}?\bends?\s+on\s+the\s+last\s+\w+\s+(?:of|in)\s+" + _MONTH, re.I)
+_RULE_LINE = re.compile(r"^(?:PART )?\d+(?:\.\d+)+(?:\.Guidance(?:\.\d+)?)?[\t ]", re.M)
 _FAMILY = re.compile(r"^([A-Z]{2,6})(?:[ _]VER|_VER)")
+_GUIDANCE = re.compile(r"guidance|guiding", re.I)
+_GUIDANCE_IN_RULES = re.compile(r"guide|(?<![A-Za-z])notes?(?![A-Za-z])", re.I)
 
 
 def describe(doc: LoadedDocument) -> None:
-    """Classify the document and fill title/company/form/period/family where the text shows them."""
+    """Classify the document and fill the metadata its chunks are filtered by, where the text shows it.
+
+    Every document gets `doc_kind`: the form of a filing ("10-Q", "10-K", "8-K" ...), else "guidance" when
+    the file name says Guidance/Guiding (or Guide/Notes for a numbered-rule text), "rulebook" for other
+    numbered-rule texts (with `family`, e.g. COBS, from names like COBS_VER15.150823.txt), else "document".
+    Filings also get `form`, `period` (as printed), `company` (the registrant), `ticker` (the cover's
+    trading-symbol table, else an upper-case token of the file name) and a fiscal period, see
+    `_describe_fiscal_period`.
+    """
     head = "\n".join(p.text for p in doc.pages[:3])[:20000]
     form = _FORM.search(head)
     if form:
         doc.doc_type = "filing"
-        doc.extra["form"] = form.group(1).upper()
+        doc.extra["form"] = doc.extra["doc_kind"] = form.group(1).upper()
         period = _PERIOD.search(head)
         if period:
             doc.extra["period"] = " ".join(period.group(1).split())
-        registrant = _REGISTRANT.search(head)
+        registrant = _REGISTRANT.search(head) or _AFTER_FILE_NUMBER.search(head)
         if registrant:
             doc.extra["company"] = registrant.group(1).strip(" :")
+        ticker = _ticker(head, doc.path.stem)
+        if ticker:
+            doc.extra["ticker"] = ticker
+        _describe_fiscal_period(doc)
         parts = [doc.extra.get("company"), f"Form {doc.extra['form']}"]
         if "period" in doc.extra:
             parts.append(f"for the period ended {doc.extra['period']}")
         doc.title = " ".join(p for p in parts if p)
         return
     body = "\n".join(p.text for p in doc.pages)
-    if len(_RULE_LINE.findall(body)) >= 5:
+    family = _FAMILY.match(doc.path.name)
+    rules = len(_RULE_LINE.findall(body)) >= 5
+    if rules:
         doc.doc_type = "regulation"
-        family = _FAMILY.match(doc.path.name)
-        if family:
-            doc.extra["family"] = family.group(1)
+    if family and (rules or not _GUIDANCE.search(doc.path.stem)):
+        doc.extra["family"] = family.group(1)  # the name says rulebook even where rule lines read otherwise
+    name = doc.path.stem
+    if _GUIDANCE.search(name) or (rules and _GUIDANCE_IN_RULES.search(name)):
+        doc.extra["doc_kind"] = "guidance"
+    else:
+        doc.extra["doc_kind"] = "rulebook" if rules or family else "document"
+
+
+def _ticker(head: str, stem: str) -> str | None:
+    """The first class's symbol in the cover's "Trading Symbol(s)" table, else one from the file name."""
+    table = _TRADING_SYMBOL.search(head)
+    if table:
+        row = _TICKER_ROW.search(head, table.end(), table.end() + 800)
+        if row:
+            return row.group(1)
+    edgar = _EDGAR_NAME.match(stem)
+    if edgar:
+        return edgar.group(1).upper()
+    tokens = [t for t in _NAME_TICKER.findall(stem) if t not in _NAME_NOT_TICKER]
+    return tokens[0] if len(tokens) == 1 else None
+
+
+def _describe_fiscal_period(doc: LoadedDocument) -> None:
+    """Set `fiscal_year` (int) and, for a 10-Q, `fiscal_quarter` ("Q3") and `quarters` of a filing.
+
+    The period is the company's own fiscal one, decided in this order:
+    1. a running header that names it ("Apple Inc. | Q3 2023 Form 10-Q");
+    2. the period end on the cover ("quarterly period ended July 1, 2023") placed in the fiscal year whose end
+       the document states ("fiscal year ended September 24, 2022", "Form 10-K for the year ended June 30,
+       2022", "fiscal year ... ends on the last Saturday of September"); a year is named for the calendar year
+       it ends in (NVIDIA's fiscal 2024 ends January 28, 2024), and an end in a month's first week counts as
+       the month before (52/53-week years: Apple's Q3 FY2023 ends July 1, 2023);
+    3. the file name ("2023 Q3 AAPL.pdf");
+    4. the period end with a calendar fiscal year (ending in December).
+    The document wins over the file name: "2023 Q1 NVDA.pdf" ends April 30, 2023, NVIDIA's Q1 of fiscal 2024.
+
+    Quarter names in questions follow no single rule ("NVIDIA's Q1 2023" means that same filing), so
+    `quarters` lists every "YYYY-Qn" the quarter is known by: its fiscal label, the calendar quarter holding
+    most of it ("2023-Q1" for February-April 2023) and the file name's label. Annual reports get only
+    `fiscal_year`, from the fiscal year end on their cover.
+    """
+    form = doc.extra["form"]
+    end = _month_of_period_end(doc.extra.get("period", ""))
+    if form in _ANNUAL_FORMS:
+        if end:
+            doc.extra["fiscal_year"] = end[0]
+        return
+    if form != "10-Q":
+        return
+    text = "\n".join(p.text for p in doc.pages)
+    named = _NAME_QUARTER.search(doc.path.stem)
+    by_name = (int(named.group(1)), int(named.group(2))) if named else None
+    header = _running_quarter_header(doc)
+    year_end = _fiscal_year_end_month(text)
+    if header and (end is None or header[0] in (end[0], end[0] + 1)):
+        fiscal = header
+    elif end and year_end:
+        fiscal = _fiscal_quarter(end, year_end)
+    elif by_name:
+        fiscal = by_name
+    elif end:
+        fiscal = _fiscal_quarter(end, 12)
+    else:
+        return
+    if by_name and by_name != fiscal:
+        log.debug("%s: fiscal period %d Q%d from the document, not %d Q%d as the file name says",
+                  doc.path.name, *fiscal, *by_name)
+    doc.extra["fiscal_year"], doc.extra["fiscal_quarter"] = fiscal[0], f"Q{fiscal[1]}"
+    labels = {fiscal, *([by_name] if by_name else []), *([_calendar_quarter(end)] if end else [])}
+    doc.extra["quarters"] = [f"{y}-Q{q}" for y, q in sorted(labels)]
+
+
+def _running_quarter_header(doc: LoadedDocument) -> tuple[int, int] | None:
+    """(year, quarter) a running page header names ("Q3 2023 Form 10-Q") on three pages or more.
+
+    A mention on a page or two is another filing ("as reported in our Q1 2022 Form 10-Q").
+    """
+    pages: Counter[tuple[int, int]] = Counter()
+    for page in doc.pages:
+        pages.update({(int(m.group(2)), int(m.group(1))) for m in _QUARTER_HEADER.finditer(page.text)})
+    top = pages.most_common(1)
+    return top[0][0] if top and top[0][1] >= 3 else None
+
+
+def _month_of_period_end(text: str) -> tuple[int, int] | None:
+    """(year, month) a printed period end closes: "July 1, 2023" closes June 2023 (52/53-week calendars)."""
+    match = re.match(r"([A-Za-z]+)\.? (\d{1,2}),\s*(\d{4})", text)
+    month = _MONTHS.get(match.group(1).lower()[:3]) if match else None
+    if match is None or month is None:
+        return None
+    year, day = int(match.group(3)), int(match.group(2))
+    if day <= 7:
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return year, month
+
+
+def _fiscal_year_end_month(text: str) -> int | None:
+    """The month the company's fiscal year ends in, as the document states it (most stated), else None."""
+    votes: Counter[int] = Counter()
+    for match in _FY_END_DATE.finditer(text):
+        month, day = _MONTHS[match.group(1).lower()[:3]], int(match.group(2))
+        votes[(month - 2) % 12 + 1 if day <= 7 else month] += 1
+    for match in _FY_END_RULE.finditer(text):
+        votes[_MONTHS[match.group(1).lower()[:3]]] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def _fiscal_quarter(end: tuple[int, int], year_end_month: int) -> tuple[int, int]:
+    """(fiscal year, quarter) of a quarter closing in `end` = (year, month)."""
+    year, month = end
+    fiscal_year = year if month <= year_end_month else year + 1
+    return fiscal_year, (month - year_end_month - 1) % 12 // 3 + 1
+
+
+def _calendar_quarter(end: tuple[int, int]) -> tuple[int, int]:
+    """(year, quarter) of the calendar quarter holding most of the three months closing in `end`."""
+    year, month = end
+    year, middle = (year, month - 1) if month > 1 else (year - 1, 12)
+    return year, (middle - 1) // 3 + 1

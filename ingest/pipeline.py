@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _DOC_NAMESPACE = uuid.UUID("0b5d3c52-2f4e-4b43-a1a4-3f0e6c6f9a11")
 # Bump when parsing or chunking changes what a file turns into: every document is then re-indexed.
-PARSER_VERSION = "10"
+PARSER_VERSION = "11"
 
 
 @dataclass

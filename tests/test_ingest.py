@@ -7,14 +7,11 @@ Per-test ingests use small files so the module stays fast; the full sample corpu
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import re
 import shutil
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,8 +21,8 @@ from conftest import SAMPLE_COLLECTION, SAMPLES, SampleIndex, make_settings
 from assistant.chunks import Chunk
 from assistant.components import Components
 from assistant.db import documents
+from assistant.edge_store import EdgeStore
 from assistant.embedding import SentenceTransformerEmbedder
-from assistant.store import QdrantStore
 from ingest.cli import main
 from ingest.loading import fix_table_headers
 from ingest.pipeline import Ingestor, doc_id_for
@@ -44,9 +41,7 @@ NEW_RULE = (
 
 
 def chunks_of(components: Components, collection: str) -> list[Chunk]:
-    store = components.store
-    assert isinstance(store, QdrantStore)
-    return [chunk for _, chunk in store.scroll_chunks(collection)]
+    return [chunk for _, chunk in components.store.scroll_chunks(collection)]
 
 
 def registry(components: Components, collection: str) -> dict[str, dict[str, object]]:
@@ -61,16 +56,6 @@ def first_chapter(dest: Path) -> Path:
     end = next(i for i, line in enumerate(lines) if line.startswith("2.\t"))
     dest.write_text("\n".join(lines[:end]) + "\n", encoding="utf-8")
     return dest
-
-
-@contextmanager
-def leaked_lock_file_tolerated() -> Iterator[None]:
-    """qdrant-client leaves the `.lock` file of a refused embedded open unclosed (test_store_contract's
-    `test_refused_open_leaks_no_file_handle` pins that bug); only that one ResourceWarning is let through."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"unclosed file .*/\.lock'", ResourceWarning)
-        yield
-        gc.collect()
 
 
 class CountingEmbedder:
@@ -144,7 +129,6 @@ def test_rulebook_chunks_carry_rule_numbers_and_chapter_heading(sample_chunks: l
 
 def test_every_chunk_has_its_content_hash_and_a_stable_id(sample_index: SampleIndex) -> None:
     store = sample_index.components.store
-    assert isinstance(store, QdrantStore)
     by_doc: dict[str, list[int]] = {}
     for point_id, c in store.scroll_chunks(SAMPLE_COLLECTION):
         assert c.content_hash == hashlib.sha256(c.text.encode()).hexdigest()[:16]
@@ -471,11 +455,10 @@ def test_cli_reports_a_locked_index_with_exit_code_3(cli_env: Path, tmp_path: Pa
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     note = tmp_path / "note.md"
     note.write_text(POLICY_MD, encoding="utf-8")
-    (cli_env / "qdrant").mkdir(parents=True)
-    holder = QdrantStore.embedded_at(str(cli_env / "qdrant"))
+    (cli_env / "qdrant-edge").mkdir(parents=True)
+    holder = EdgeStore.open(cli_env / "qdrant-edge")  # the default embedded engine's directory
     try:
-        with leaked_lock_file_tolerated():
-            assert main([str(note), "--quiet"]) == 3
+        assert main([str(note), "--quiet"]) == 3
     finally:
         holder.close()
     err = capsys.readouterr().err
