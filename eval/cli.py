@@ -14,6 +14,7 @@ Exit status: 0 done, 1 the assistant could not serve (e.g. unknown collection), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -217,7 +218,13 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             judge = Judge(components.llm, load_judge_prompt())
             run_settings["judge_prompt"] = judge.version
         retriever = components.retriever_for(mode, rerank)
+        if args.retriever != "product":  # a baseline ranks alone: no filters read from the question
+            retriever = dataclasses.replace(retriever, inference=None)
         run_settings["reranker"] = retriever.reranker.name if retriever.reranker is not None else None
+        if retriever.fusion is not None and mode == "hybrid":
+            run_settings["fusion"] = {"rrf_k": retriever.fusion.k, "dense_weight": retriever.fusion.dense_weight,
+                                      "sparse_weight": retriever.fusion.sparse_weight}
+        run_settings["infer_filters"] = retriever.inference is not None
         if retriever.reranker is not None:
             run_settings["rerank_depth"] = retriever.rerank_depth
         answerer = components.answerer if args.answers else None

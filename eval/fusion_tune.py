@@ -26,6 +26,7 @@ from .matching import match_ranks
 from .metrics import mean, retrieval_scores
 from .questions import Question, load_questions, sample_in_order
 from .rerank_train import split_of
+from .runner import BUDGET_DEPTH
 
 KS = (2, 10, 60)
 WEIGHTS = ((1.0, 1.0), (0.5, 1.0), (0.3, 1.0), (1.0, 0.5), (0.7, 1.0))
@@ -76,7 +77,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     for k, (w_dense, w_sparse) in itertools.product(KS, WEIGHTS):
         per_question = []
         for q, dense, bm25 in rankings:
-            fused = fuse(dense, bm25, k, w_dense, w_sparse)[:depth]
+            fused = fuse(dense, bm25, k, w_dense, w_sparse)[:BUDGET_DEPTH]  # as deep as `eval run` looks
             chunks = [h.chunk for h in fused]
             per_question.append(retrieval_scores(match_ranks(q.evidence, chunks), q.evidence, chunks, (1, 10)))
         rows.append((k, w_dense, w_sparse, {m: mean([s[m] for s in per_question]) or 0.0 for m in REPORTED}))

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from assistant.chunks import Chunk
 
 from .matching import page_matches, source_matches
+from .numbers import find_numbers, same_number
 from .questions import Evidence
 
 Ranks = Sequence[Sequence[int]]
@@ -157,3 +158,26 @@ def mean(values: Sequence[float]) -> float | None:
 def _require_evidence(n_evidence: int) -> None:
     if n_evidence <= 0:
         raise ValueError("retrieval metrics need at least one evidence item")
+
+
+MIN_FIGURE_DIGITS = 3  # a reference figure must have this many digits to count ("81,797", "3.25%", not "2")
+
+
+def figure_hits(reference_answer: str | None, texts: Sequence[str], eligible: Sequence[bool],
+                ks: Iterable[int]) -> dict[str, float]:
+    """`figure_hit@k`: 1.0 when one of the first k chunks that hold the evidence (`eligible`) states a figure
+    of the reference answer (eval/numbers.py agreement, figures of at least `MIN_FIGURE_DIGITS` digits).
+
+    For document-level evidence (sec-10q) this says whether the chunk with the table row or sentence that
+    carries the answer was retrieved, not just the right filing. Empty when the reference has no figure.
+    """
+    wanted = [n for n in find_numbers(reference_answer or "")
+              if sum(ch.isdigit() for ch in n.text) >= MIN_FIGURE_DIGITS]
+    if not wanted:
+        return {}
+    first: int | None = None
+    for rank, (text, ok) in enumerate(zip(texts, eligible, strict=True), 1):
+        if ok and any(same_number(ref, got) for got in find_numbers(text) for ref in wanted):
+            first = rank
+            break
+    return {f"figure_hit@{k}": float(first is not None and first <= k) for k in sorted(set(ks))}

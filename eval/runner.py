@@ -31,7 +31,7 @@ from assistant.store import FilterValue
 from .answers import answer_record, answer_scores
 from .judge import Judge
 from .matching import match_ranks
-from .metrics import BUDGETS, count_tokens, first_match_rank, matched_within, retrieval_scores
+from .metrics import BUDGETS, count_tokens, figure_hits, first_match_rank, matched_within, retrieval_scores
 from .questions import Question
 from .summary import stage_timings
 
@@ -42,6 +42,7 @@ EVIDENCE_TOP_K = 10  # chunks of the evidence documents shown with --context evi
 _GLOB = set("*?[")
 
 ContextMode = Literal["retrieved", "evidence"]
+BUDGET_DEPTH = 30  # chunks retrieved at least; MRR and first_match_rank are within this depth
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ class RunConfig:
 
     @property
     def depth(self) -> int:
-        """How many chunks are retrieved per question: the largest k."""
-        return max(self.ks)
+        """How many chunks are retrieved per question: the largest k, and at least `BUDGET_DEPTH` so that the
+        token budgets (`recall@2000tok`) are filled with small chunks too (one rule can be 40 tokens)."""
+        return max(*self.ks, BUDGET_DEPTH)
 
 
 @dataclass
@@ -143,7 +145,9 @@ class Runner:
             "matched_evidence": sorted(matched_within(ranks)),
             "first_match_rank": first_match_rank(ranks),
             "retrieval": (
-                retrieval_scores(ranks, question.evidence, chunks, self.config.ks, self.config.budgets)
+                {**retrieval_scores(ranks, question.evidence, chunks, self.config.ks, self.config.budgets),
+                 **figure_hits(question.reference_answer, [c.text for c in chunks], [bool(m) for m in ranks],
+                               self.config.ks)}
                 if question.evidence else None
             ),
             "answer": None,

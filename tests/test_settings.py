@@ -10,7 +10,7 @@ import pytest
 from assistant.settings import _SECTIONS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
-NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking"}
+NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking", "rerank"}
 
 
 def all_variables() -> set[str]:
@@ -40,7 +40,7 @@ def test_environment_reaches_nested_sections(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     s = Settings.load()
     assert (s.store.url, s.llm.backend, s.retrieval.top_k, s.data_dir) == ("http://qdrant:6333", "ollama", 7, tmp_path)
-    assert s.qdrant_path == tmp_path / "qdrant"
+    assert s.qdrant_path == tmp_path / "qdrant-edge"  # the default embedded engine's directory
     assert s.db_url.startswith("sqlite:///") and s.db_url.endswith("finrag.db")
 
 
