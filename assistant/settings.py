@@ -129,7 +129,11 @@ class RerankSettings(_Section):
         default=RERANKER_NAME,
         description="Folder name of the reranker under DATA_DIR/models (or an absolute path).",
     )
-    candidates: int = Field(default=20, ge=2, le=200, description="Fused candidates the cross-encoder rescores (N).")
+    candidates: int = Field(
+        default=10, ge=2, le=200,
+        description="Fused candidates the cross-encoder rescores (N); ~20 ms each on 2 cores: 10 keeps retrieval "
+        "under 300 ms p95 (bench/results/retrieval.md).",
+    )
     max_length: int | None = Field(
         default=None, ge=32, le=512,
         description="Tokens of question + passage it reads (default: what the model was trained with).",
