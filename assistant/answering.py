@@ -190,8 +190,8 @@ class Answerer:
         gate = self.retrieval.min_score if min_score is None else min_score
         if not hits or found.evidence < gate:
             log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, gate)
-            return replace(Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings),
-                           inferred_filters=found.inferred_filters)
+            return Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings,
+                          inferred_filters=found.inferred_filters)
         llm = self.llm_factory()
         texts = source_texts(hits, self.retrieval.context_chars)
         messages = render_messages(self.prompt, question, hits, texts)

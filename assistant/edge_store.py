@@ -33,7 +33,16 @@ from qdrant_client import models
 from .chunks import FILTERABLE_FIELDS, INTEGER_FIELDS, Chunk, ScoredChunk
 from .errors import BadRequest, ComponentUnavailable, IndexLocked, UnknownCollection
 from .sparse import SparseVector
-from .store import DENSE, SPARSE, Filters, Fusion, build_doc_filter, build_filter
+from .store import (
+    DENSE,
+    SPARSE,
+    Filters,
+    Fusion,
+    build_doc_filter,
+    build_filter,
+    check_dimension,
+    check_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +132,7 @@ class EdgeStore:
                 raise ComponentUnavailable(
                     f"collection {collection!r} has no named dense vector; delete {path} and ingest again"
                 )
-            if dense["size"] != dim:
-                raise ComponentUnavailable(
-                    f"collection {collection!r} holds {dense['size']}-d vectors but the embedder makes {dim}-d "
-                    "ones; re-ingest into a new collection (--collection) or switch the embedder back"
-                )
+            check_dimension(collection, dense["size"], dim)
             shard = self._shard(collection)
             self._index_payload(shard, existing=shard.info().payload_schema)  # fields added since it was made
             return
@@ -165,8 +170,7 @@ class EdgeStore:
         self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
         sparse: Sequence[SparseVector] | None = None,
     ) -> None:
-        if len(chunks) != len(vectors) or (sparse is not None and len(sparse) != len(chunks)):
-            raise ValueError("one vector per chunk")
+        check_vectors(chunks, vectors, sparse)
         shard = self._shard(collection)
         points = []
         for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):

@@ -82,23 +82,41 @@ def build_filter(filters: Filters | None) -> models.Filter | None:
         if isinstance(value, list):
             if not value or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
                 raise InvalidFilter(f"filter {key!r} needs a non-empty list of strings or integers")
-            any_of = [_integer(key, v) for v in value] if key in INTEGER_FIELDS else value
+            any_of = [integer_value(key, v) for v in value] if key in INTEGER_FIELDS else value
             must.append(models.FieldCondition(key=key, match=models.MatchAny(any=any_of)))
         elif isinstance(value, str | int) and not isinstance(value, bool):
-            one = _integer(key, value) if key in INTEGER_FIELDS else value
+            one = integer_value(key, value) if key in INTEGER_FIELDS else value
             must.append(models.FieldCondition(key=key, match=models.MatchValue(value=one)))
         else:
             raise InvalidFilter(f"filter {key!r} must be a string, an integer or a list of them")
     return models.Filter(must=must)
 
 
-def _integer(key: str, value: str | int) -> int:
+def integer_value(key: str, value: str | int) -> int:
+    """The value of an integer field (`INTEGER_FIELDS`), from an int or a digit string ("2023")."""
     if isinstance(value, int):
         return value
     try:
         return int(value.strip())
     except ValueError:
-        raise InvalidFilter(f"filter {key!r} takes integers (e.g. 2023), got {value!r}") from None
+        raise InvalidFilter(f"{key} takes an integer (whole years and other integers, e.g. 2023), "
+                            f"got {value!r}") from None
+
+
+def check_vectors(chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
+                  sparse: Sequence[SparseVector] | None) -> None:
+    """Every store's upsert: one dense (and, if given, one sparse) vector per chunk."""
+    if len(chunks) != len(vectors) or (sparse is not None and len(sparse) != len(chunks)):
+        raise ValueError("one vector per chunk")
+
+
+def check_dimension(collection: str, size: int, dim: int) -> None:
+    """Every store's ensure_collection: an existing collection must hold vectors of the embedder's size."""
+    if size != dim:
+        raise ComponentUnavailable(
+            f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
+            "re-ingest into a new collection (--collection) or switch the embedder back"
+        )
 
 
 def _payload_schema(key: str) -> models.PayloadSchemaType:
@@ -156,12 +174,7 @@ class QdrantStore:
                     f"collection {collection!r} was built by an older finrag (no named dense/bm25 vectors); "
                     "delete it (or DATA_DIR/qdrant) and ingest again"
                 )
-            size = dense.size
-            if size != dim:
-                raise ComponentUnavailable(
-                    f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
-                    "re-ingest into a new collection (--collection) or switch the embedder back"
-                )
+            check_dimension(collection, dense.size, dim)
             self._create_payload_indexes(collection, existing=info.payload_schema)
             return
         log.info("creating collection %s (%d-d, cosine)", collection, dim)
@@ -189,8 +202,7 @@ class QdrantStore:
         self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
         sparse: Sequence[SparseVector] | None = None,
     ) -> None:
-        if len(chunks) != len(vectors) or (sparse is not None and len(sparse) != len(chunks)):
-            raise ValueError("one vector per chunk")
+        check_vectors(chunks, vectors, sparse)
         points = []
         for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
             named: dict[str, Any] = {DENSE: list(vector)}

@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from assistant.chunks import FILTERABLE_FIELDS, INTEGER_FIELDS
+from assistant.chunks import INTEGER_FIELDS
 from assistant.components import Components
-from assistant.errors import FinragError
+from assistant.errors import FinragError, InvalidFilter
 from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
+from assistant.store import build_filter, integer_value
 
 from . import compare, fusion_tune, report, rerank_train
 from .judge import Judge, load_judge_prompt
@@ -69,15 +70,11 @@ def parse_filter(text: str) -> tuple[str, str | int]:
     key, value = key.strip(), value.strip()
     if not sep or not value:
         raise argparse.ArgumentTypeError(f"--filter wants FIELD=VALUE, e.g. ticker=AAPL, got {text!r}")
-    if key not in FILTERABLE_FIELDS:
-        raise argparse.ArgumentTypeError(f"--filter: cannot filter on {key!r}; filterable fields are: "
-                                         f"{', '.join(FILTERABLE_FIELDS)}")
-    if key in INTEGER_FIELDS:
-        try:
-            return key, int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--filter: {key} takes an integer, got {value!r}") from None
-    return key, value
+    try:
+        build_filter({key: value})  # the store's own rules: a filterable field, integers where it takes them
+    except InvalidFilter as exc:
+        raise argparse.ArgumentTypeError(f"--filter: {exc.message}") from None
+    return key, integer_value(key, value) if key in INTEGER_FIELDS else value
 
 
 def combine_filters(pairs: Sequence[tuple[str, str | int]] | None) -> dict[str, Any] | None:

@@ -4,8 +4,10 @@
   Part/Item headings set the section ("Part I — Item 2. Management's Discussion ..."), or a cross-reference
   index where the body has none. Tables are cut between rows, never inside one, and every piece repeats the
   table's caption, units and column headers (`tables.split_tables`, `tables.cut_table`).
-- Regulations: one unit per numbered rule (`2.1.3`, `18.8.2`, `2.1.3.Guidance.1`), with the heading path
-  (chapter › section) kept; consecutive short rules under one heading are packed together.
+- Regulations: one unit per numbered rule, lettered sub-rule or guidance note (`2.1.3`, `3.2.4.(a)`,
+  `2.1.3.Guidance.1`, FUNDS' `PART 1.1.1.1`), with the heading path (chapter › section) kept; each is a chunk
+  of its own unless `pack_rules` (CHUNK_PACK_RULES) packs consecutive short rules under one heading.
+- Guidance notes with numbered paragraphs (`100)`): one unit per paragraph.
 - Other text and Markdown: Markdown headings set the section.
 Other units longer than the chunk size are split by llama-index's `SentenceSplitter` on sentence boundaries.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from llama_index.core.node_parser import SentenceSplitter
 
-from assistant.chunks import Chunk, passage_text
+from assistant.chunks import Chunk
 
 from .loading import LoadedDocument
 from .tables import cut_table, is_table_row, split_tables
@@ -411,8 +413,3 @@ class Chunker:
                 content_hash=hashlib.sha256(text.encode()).hexdigest()[:16], extra=extra,
             ))
         return chunks
-
-
-def embedding_text(chunk: Chunk) -> str:
-    """What the embedder sees: where the chunk sits (title, heading, section), then its text."""
-    return passage_text(chunk)

@@ -21,10 +21,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from tqdm import tqdm
 
+from assistant.chunks import passage_text
 from assistant.components import Components
 from assistant.db import documents
 
-from .chunking import Chunker, embedding_text
+from .chunking import Chunker
 from .loading import SUPPORTED, LoadError, load
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class Ingestor:
         with tqdm(total=len(chunks), desc="  chunks", unit="chunk", leave=False, disable=not progress) as bar:
             for start in range(0, len(chunks), batch):
                 part = chunks[start : start + batch]
-                texts = [embedding_text(c) for c in part]
+                texts = [passage_text(c) for c in part]
                 vectors = embedder.embed_batch(texts)
                 sparse = [self.components.sparse.encode_document(t) for t in texts]
                 self.store.upsert(collection, part, vectors, sparse)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLES, shared_path
 
-from assistant.chunks import Chunk
+from assistant.chunks import Chunk, passage_text
 from assistant.embedding import SentenceTransformerEmbedder
-from ingest.chunking import Chunker, embedding_text, filing_units
+from ingest.chunking import Chunker, filing_units
 from ingest.loading import LoadedDocument, Page, fix_table_headers, label_columns, load
 from ingest.tables import is_table_row
 
@@ -94,7 +94,7 @@ def test_no_table_row_is_split_and_no_chunk_is_too_long(path: Path | tuple[str, 
     for c in chunks:
         assert c.page_start is not None and c.page_start == c.page_end, c
         assert len(embedder.tokenize(c.text)) <= SIZE, (c.page_start, c.text[:80])
-        assert len(embedder.tokenize(embedding_text(c))) <= 256, c.page_start
+        assert len(embedder.tokenize(passage_text(c))) <= 256, c.page_start
     rows = 0
     for page in doc.pages:
         assert page.number is not None
