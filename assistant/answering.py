@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .chunks import ScoredChunk
-from .llm import LLM, Message, complete
+from .llm import LLM, Message
 from .prompts import Prompt, load_prompt
 from .retrieval import Retriever
 from .settings import LLMSettings, RetrievalSettings
@@ -168,6 +168,18 @@ def is_refusal(text: str) -> bool:
 
 
 @dataclass
+class Draft:
+    """Retrieval done and the prompt built: either `refusal` is the answer, or `messages` go to the LLM."""
+
+    hits: list[ScoredChunk]
+    messages: list[Message]
+    shown: int  # sources printed in the prompt (citations may only point to these)
+    timings_ms: dict[str, int]
+    inferred_filters: dict[str, Any] | None
+    refusal: Answer | None = None
+
+
+@dataclass
 class Answerer:
     retriever: Retriever
     llm_factory: Callable[[], LLM]
@@ -175,32 +187,66 @@ class Answerer:
     llm_settings: LLMSettings
     prompt: Prompt = field(default_factory=lambda: load_prompt("answer_v1"))
 
-    def answer(
+    def draft(
         self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,
         min_score: float | None = None,
-    ) -> Answer:
-        """Retrieve, then answer from the sources. `min_score` overrides the evidence gate
-        (RETRIEVAL_MIN_SCORE); evaluation with given contexts passes 0.0 to test the generator alone."""
+    ) -> Draft:
+        """Retrieve and build the prompt; refuse here when the evidence is too weak to ask the LLM.
+
+        `min_score` overrides the evidence gate (RETRIEVAL_MIN_SCORE); evaluation with given contexts passes
+        0.0 to test the generator alone."""
         timings: dict[str, int] = {}
         started = time.perf_counter()
         found = self.retriever.search(question, collection, top_k or self.retrieval.top_k, filters)
-        hits = found.hits
+        hits = list(found.hits)
         timings["retrieve"] = _ms(started)
         timings.update({f"retrieve_{k}": round(v) for k, v in found.timings_ms.items()})
         gate = self.retrieval.min_score if min_score is None else min_score
         if not hits or found.evidence < gate:
             log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, gate)
-            return Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings,
-                          inferred_filters=found.inferred_filters)
-        llm = self.llm_factory()
+            refusal = Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings,
+                             inferred_filters=found.inferred_filters)
+            return Draft(hits, [], 0, timings, found.inferred_filters, refusal)
         texts = source_texts(hits, self.retrieval.context_chars)
         messages = render_messages(self.prompt, question, hits, texts)
+        return Draft(hits, messages, len(texts), timings, found.inferred_filters)
+
+    def stream(
+        self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,
+        min_score: float | None = None, llm: LLM | None = None,
+    ) -> Iterator[str | Answer]:
+        """Yield the model's text as it is generated, then the finished `Answer` (always last).
+
+        The streamed text is the model's raw reply; the final Answer holds the checked text (invalid
+        citations removed, calculations evaluated) that is recorded and shown."""
+        draft = self.draft(question, collection, top_k=top_k, filters=filters, min_score=min_score)
+        if draft.refusal is not None:
+            yield draft.refusal
+            return
+        yield from self.generate(draft, llm or self.llm_factory())
+
+    def generate(self, draft: Draft, llm: LLM) -> Iterator[str | Answer]:
+        """Run the LLM over a draft's prompt: text pieces, then the Answer."""
+        timings = dict(draft.timings_ms)
+        pieces: list[str] = []
         t = time.perf_counter()
-        raw = complete(llm, messages, max_tokens=self.llm_settings.max_tokens,
-                       temperature=self.llm_settings.temperature)
+        for piece in llm.stream(draft.messages, max_tokens=self.llm_settings.max_tokens,
+                                temperature=self.llm_settings.temperature):
+            if not pieces:
+                timings["first_token"] = _ms(t)
+            pieces.append(piece)
+            yield piece
         timings["generate"] = _ms(t)
-        answer = self.finish(raw, hits, llm.name, timings, shown=len(texts))
-        return replace(answer, inferred_filters=found.inferred_filters)
+        answer = self.finish("".join(pieces), draft.hits, llm.name, timings, shown=draft.shown)
+        yield replace(answer, inferred_filters=draft.inferred_filters)
+
+    def answer(
+        self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,
+        min_score: float | None = None, llm: LLM | None = None,
+    ) -> Answer:
+        """`stream`, collected: the finished Answer."""
+        return final_answer(self.stream(question, collection, top_k=top_k, filters=filters, min_score=min_score,
+                                        llm=llm))
 
     def finish(
         self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int], shown: int | None = None
@@ -223,6 +269,16 @@ class Answerer:
             warnings.append("the answer cites no source; check it against the sources before relying on it")
         citations = [make_citation(n, hits[n - 1]) for n in cited]
         return Answer(text, citations, list(hits), False, model, self.prompt.version, timings, warnings)
+
+
+def final_answer(events: Iterable[str | Answer]) -> Answer:
+    """The Answer at the end of a stream of text pieces."""
+    last = None
+    for event in events:
+        last = event
+    if not isinstance(last, Answer):
+        raise RuntimeError("the answer stream ended without an Answer")
+    return last
 
 
 def _ms(since: float) -> int:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from .chat import ChatService
 from .components import Components
+from .conversations import Conversations, Rewriter
 from .db import documents
 from .records import AnswerLog, FeedbackLog
 from .schemas import (
@@ -36,7 +37,8 @@ def _chat(request: Request) -> ChatService:
         c, s = state.components, state.settings
         state.chat = ChatService(
             c.answerer, AnswerLog(c.engine, c.embedder.name), default_collection=s.collection,
-            max_question_chars=s.max_question_chars,
+            max_question_chars=s.max_question_chars, conversations=Conversations(c.engine), rewriter=Rewriter(),
+            llm_for=c.llm_for,
         )
     return state.chat
 

@@ -49,6 +49,7 @@ class Components:
         self._reranker: Reranker | None = None
         self._reranker_built = False
         self._facets: dict[str, tuple[int, Facets]] = {}
+        self._llms: dict[str, LLM] = {}  # per-request / per-collection generators, by spec
         self._lock = threading.RLock()
 
     def _once(self, attr: str, build: Any) -> Any:
@@ -81,16 +82,36 @@ class Components:
     @property
     def llm(self) -> LLM:
         def build() -> LLM:
-            s = self.settings.llm
-            if s.backend == "ollama":
-                o = self.settings.ollama
-                return OllamaLLM(o.host, o.model, timeout_s=s.timeout_s)
-            path = require_model(self.settings.models_dir, s.model)
-            return LlamaCppLLM(
-                path, name=s.model, threads=s.threads, context_tokens=s.context_tokens, timeout_s=s.timeout_s
-            )
+            return self._build_llm(self.default_llm_spec)
 
         return self._once("_llm", build)
+
+    def llm_for(self, model: str | None, collection: str | None = None) -> LLM:
+        """The generator for a request: `model` if given, else the collection's (LLM_COLLECTION_MODELS), else
+        the default. A model is a registry name or .gguf path (embedded), or `ollama:TAG` (the Ollama
+        server at OLLAMA_HOST). Each is loaded once and shared."""
+        spec = model or self.settings.llm.collection_models.get(collection or "", None)
+        if not spec or spec == self.default_llm_spec:
+            return self.llm
+        with self._lock:
+            cached = self._llms.get(spec)
+            if cached is None:
+                cached = self._build_llm(spec)
+                self._llms[spec] = cached
+            return cached
+
+    @property
+    def default_llm_spec(self) -> str:
+        s = self.settings.llm
+        return f"ollama:{self.settings.ollama.model}" if s.backend == "ollama" else s.model
+
+    def _build_llm(self, spec: str) -> LLM:
+        s = self.settings.llm
+        if spec.startswith("ollama:"):
+            return OllamaLLM(self.settings.ollama.host, spec.removeprefix("ollama:"), timeout_s=s.timeout_s)
+        path = require_model(self.settings.models_dir, spec)
+        return LlamaCppLLM(path, name=spec, threads=s.threads, context_tokens=s.context_tokens,
+                           timeout_s=s.timeout_s)
 
     @property
     def llm_loaded(self) -> bool:

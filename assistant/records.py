@@ -21,7 +21,8 @@ class AnswerLog:
         self.embedder_name = embedder_name
 
     def record(
-        self, answer: Answer, *, question: str, collection: str, filters: Filters | None, latency_ms: int
+        self, answer: Answer, *, question: str, collection: str, filters: Filters | None, latency_ms: int,
+        conversation_id: str | None = None, standalone_question: str | None = None,
     ) -> str:
         answer_id = str(uuid.uuid4())
         retrieved = [

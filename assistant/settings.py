@@ -74,6 +74,11 @@ class LLMSettings(_Section):
     max_tokens: int = Field(default=320, ge=16, description="Most tokens generated for one answer.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
     timeout_s: float = Field(default=180.0, description="Timeout of one generation, in seconds.")
+    collection_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Generator per collection, as JSON: {\"filings\": \"ollama:qwen2.5:7b-instruct\"}. A model is "
+        "an embedded registry name or .gguf path, or ollama:TAG. Requests may still name another (`model`).",
+    )
 
 
 class OllamaSettings(_Section):
