@@ -9,11 +9,17 @@ port, in a background thread.
         server.requests[-1].body["options"]["num_predict"]
 
 Endpoints, as Ollama serves them:
-- `POST /api/chat`: NDJSON stream (one JSON object per line, the last with `"done": true`), or a single
-  JSON object when the request says `"stream": false`. The reply is split into whitespace-led words, one
-  word per chunk and per "token": `options.num_predict` cuts it short (`"done_reason": "length"`).
-- `GET /api/tags`, `GET /api/version`, `POST /api/show`, `GET /` ("Ollama is running").
-- An unknown model is a 404 `{"error": "model \"x\" not found, try pulling it first"}`.
+- `POST /api/chat`: NDJSON stream (one JSON object per line, the last with `"done": true`, the done reason and
+  the prompt/eval counts and durations), or a single JSON object when the request says `"stream": false`. The
+  reply is split into whitespace-led words, one word per chunk and per "token": `options.num_predict` cuts it
+  short (`"done_reason": "length"`). No messages only loads the model (`"done_reason": "load"`).
+  `keep_alive` (a Go duration such as "30m", or seconds; default 5m) sets when the model unloads.
+- `GET /api/ps` (the loaded models and when they unload), `GET /api/tags`, `GET /api/version`, `POST /api/show`,
+  `GET /` ("Ollama is running").
+- Errors as Ollama sends them: an unknown model is a 404 `{"error": "model \"x\" not found, try pulling it
+  first"}` from chat and `{"error": "model 'x' not found"}` from show; an error before any content is the
+  status and `{"error": ...}` (`chat_error`); one after it is an `{"error": ...}` line in the stream
+  (`stream_error`); an unknown path is gin's plain-text `404 page not found`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -58,6 +64,23 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(keep_alive: Any) -> float:
+    """Ollama's keep_alive: absent is 5m; a number is seconds; a string is a Go duration; negative is forever."""
+    if keep_alive is None:
+        return 300.0
+    if isinstance(keep_alive, int | float):
+        return float(keep_alive)
+    text = str(keep_alive)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.lstrip("-"):
+        raise ValueError(f"time: invalid duration {text!r}")
+    total = sum(float(n) * _GO_UNITS[u] for n, u in parts)
+    return -total if text.startswith("-") else total
+
+
 def _tokens(text: str) -> list[str]:
     """Whitespace-led words: joined back together they give the text exactly."""
     return re.findall(r"\s*\S+\s*$|\s*\S+", text) or ([text] if text else [])
@@ -68,8 +91,11 @@ class FakeOllama:
 
     reply: builds the answer text from the request's messages.
     models: tags that `/api/tags` lists and `/api/chat` accepts; any other model is a 404.
-    chunk_delay_s: pause before each streamed chunk (to provoke client timeouts).
+    chunk_delay_s: pause before each streamed chunk (to provoke client timeouts); like Ollama, the response
+        headers go out with the first chunk.
     stream_error: if set, the stream sends this `{"error": ...}` line after the first chunk.
+    chat_error: if set, `(status, message)`: every chat fails before any content, as Ollama does when the model
+        cannot load (500) or its queue is full (503).
     """
 
     def __init__(
@@ -79,11 +105,14 @@ class FakeOllama:
         models: Sequence[str] = (DEFAULT_MODEL,),
         chunk_delay_s: float = 0.0,
         stream_error: str | None = None,
+        chat_error: tuple[int, str] | None = None,
     ) -> None:
         self.reply = reply
         self.models = [_canonical(m) for m in models]
         self.chunk_delay_s = chunk_delay_s
         self.stream_error = stream_error
+        self.chat_error = chat_error
+        self.loaded: dict[str, tuple[datetime, int]] = {}  # model -> (when it unloads, num_ctx): /api/ps
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -126,6 +155,16 @@ class FakeOllama:
     def _known(self, model: str) -> bool:
         return _canonical(model) in self.models
 
+    def _keep_loaded(self, model: str, keep_alive: Any, num_ctx: int) -> None:
+        seconds = _seconds(keep_alive)
+        with self._lock:
+            if seconds == 0:
+                self.loaded.pop(_canonical(model), None)
+            elif seconds < 0:  # forever
+                self.loaded[_canonical(model)] = (datetime.max.replace(tzinfo=UTC), num_ctx)
+            else:
+                self.loaded[_canonical(model)] = (datetime.now(UTC) + timedelta(seconds=seconds), num_ctx)
+
 
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeOllama
@@ -157,30 +196,44 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routes ---------------------------------------------------------------------------------------
 
-    def do_HEAD(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
+    def _send_text(self, status: int, text: str, *, body: bool = True) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
         self.end_headers()
+        if body:
+            self.wfile.write(data)
         self.close_connection = True
+
+    def _page_not_found(self) -> None:  # gin's default for a path it has no route for
+        self._send_text(404, "404 page not found")
+
+    def do_HEAD(self) -> None:
+        if self.path in ("/", "/api/version", "/api/tags"):
+            self._send_text(200, "", body=False)
+        else:
+            self._send_text(404, "404 page not found", body=False)
 
     def do_GET(self) -> None:
         self.fake._record("GET", self.path, {})
         if self.path == "/":
-            data = b"Ollama is running"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-            self.close_connection = True
+            self._send_text(200, "Ollama is running")
         elif self.path == "/api/version":
             self._send_json(200, {"version": VERSION})
         elif self.path == "/api/tags":
             self._send_json(200, {"models": [_model_entry(m) for m in self.fake.models]})
+        elif self.path == "/api/ps":
+            with self.fake._lock:
+                loaded = dict(self.fake.loaded)
+            self._send_json(200, {"models": [
+                {**_model_entry(m), "expires_at": until.isoformat().replace("+00:00", "Z"), "size_vram": 0,
+                 "context_length": num_ctx}
+                for m, (until, num_ctx) in loaded.items()
+            ]})
         else:
-            self._send_json(404, {"error": "404 page not found"})
+            self._page_not_found()
 
     def do_POST(self) -> None:
         try:
@@ -193,8 +246,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat(body)
         elif self.path == "/api/show":
             model = str(body.get("model") or body.get("name") or "")
+            if not model:
+                self._send_json(400, {"error": "model is required"})
+                return
             if not self.fake._known(model):
-                self._not_found(model)
+                self._send_json(404, {"error": f"model '{model}' not found"})
                 return
             entry = _model_entry(_canonical(model))
             self._send_json(
@@ -210,7 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
         else:
-            self._send_json(404, {"error": "404 page not found"})
+            self._page_not_found()
 
     def _chat(self, body: dict[str, Any]) -> None:
         model = str(body.get("model") or "")
@@ -220,8 +276,21 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.fake._known(model):
             self._not_found(model)
             return
-        messages = body.get("messages") or []
+        if self.fake.chat_error is not None:
+            status, error = self.fake.chat_error
+            self._send_json(status, {"error": error})
+            return
         options = body.get("options") or {}
+        try:
+            self.fake._keep_loaded(model, body.get("keep_alive"), int(options.get("num_ctx") or 4096))
+        except ValueError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return
+        messages = body.get("messages") or []
+        if not messages:  # no messages: Ollama only loads the model
+            self._send_json(200, {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
+                                  "done": True, "done_reason": "load"})
+            return
         tokens = _tokens(self.fake.reply(messages))
         limit = options.get("num_predict")
         done_reason = "stop"
@@ -243,6 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"model": model, "created_at": _now(), "message": message, **final})
             return
 
+        if self.fake.chunk_delay_s:  # Ollama's headers go out with the first chunk
+            time.sleep(self.fake.chunk_delay_s)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
@@ -251,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         try:
             for i, token in enumerate(tokens):
-                if self.fake.chunk_delay_s:
+                if self.fake.chunk_delay_s and i > 0:
                     time.sleep(self.fake.chunk_delay_s)
                 message = {"role": "assistant", "content": token}
                 self._chunk({"model": model, "created_at": _now(), "message": message, "done": False})

@@ -1,14 +1,17 @@
-"""One contract for every `LLM` backend, then what is particular to each.
+"""One contract for every `LLM` backend, then what is particular to the embedded one.
 
-- `OllamaLLM` talks to `FakeOllama`, a real HTTP server speaking Ollama's API, through the real client.
-- `LlamaCppLLM` runs the real SmolLM2-135M GGUF in-process (fetched from PyPI if it is not on disk yet).
+- `OllamaLLM` talks to `FakeOllama`, a real HTTP server speaking Ollama's API, through the real client
+  (what is particular to Ollama, its errors above all, is in test_ollama.py).
+- `LlamaCppLLM` runs the real SmolLM2-135M GGUF in-process (fetched from PyPI if it is not on disk yet):
+  one generation at a time, in arrival order, however many threads ask.
 """
 
 from __future__ import annotations
 
-import socket
+import gc
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,7 @@ def llm(request: pytest.FixtureRequest) -> LLM:
     if request.param == "ollama":
         server: FakeOllama = request.getfixturevalue("fake_ollama")
         return OllamaLLM(server.url, DEFAULT_MODEL, timeout_s=30)
-    return request.getfixturevalue("llamacpp")  # type: ignore[no-any-return]
+    return request.getfixturevalue("llamacpp")
 
 
 # --- the contract -----------------------------------------------------------------------------------------
@@ -103,98 +106,204 @@ def test_an_abandoned_stream_does_not_block_the_next_call(llm: LLM) -> None:
     assert time.monotonic() - started < 30
 
 
-# --- Ollama -----------------------------------------------------------------------------------------------
+def test_the_context_window_is_known(llm: LLM) -> None:
+    assert isinstance(llm.context_tokens, int)  # type: ignore[attr-defined]
+    assert llm.context_tokens >= 512  # type: ignore[attr-defined]
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def test_tokens_are_counted(llm: LLM) -> None:
+    count: Callable[[str], int] = llm.count_tokens  # type: ignore[attr-defined]
+    prose = "A bank balance sheet lists its assets against its liabilities and equity."
+    row = "Total net sales: 81,797 | 82,959 | 293,787 | 304,182"
+    assert count("") == 0
+    assert 0 < count(prose) < len(prose)
+    assert abs(count(f"{prose} {prose}") - 2 * count(prose)) <= 2
+    assert count(row) / len(row) > count(prose) / len(prose)  # figures cost more tokens a character
 
 
-def test_ollama_unreachable_names_the_host() -> None:
-    host = f"http://127.0.0.1:{_closed_port()}"
-    llm = OllamaLLM(host, DEFAULT_MODEL, timeout_s=5)
-    with pytest.raises(ComponentUnavailable, match="unreachable") as caught:
-        complete(llm, QUESTION)
-    assert host in caught.value.message
-    assert caught.value.status_code == 503
-    with pytest.raises(ComponentUnavailable, match="unreachable"):
-        llm.ping()
+# --- llama.cpp: one generation at a time ------------------------------------------------------------------
 
 
-def test_ollama_unknown_model(fake_ollama: FakeOllama) -> None:
-    llm = OllamaLLM(fake_ollama.url, "no-such-model:1b", timeout_s=5)
+class Recorder:
+    """Wraps the real llama.cpp server of a LlamaCppLLM: records each generation (its question, how many
+    chunks llama.cpp sent, how many ran at once) and, while `go` is clear, holds the next one back."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.go = threading.Event()
+        self.go.set()
+        self.started: list[str] = []
+        self.chunks: list[int] = []
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def handle_chat_completions(self, request: dict[str, Any], callback: Callable[[Any], bool]) -> Any:
+        with self._lock:
+            self.started.append(request["messages"][-1]["content"])  # let in by LlamaCppLLM
+        assert self.go.wait(60), "a test forgot to let generations go"
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        sent = 0
+
+        def counting(chunk: Any) -> bool:
+            nonlocal sent
+            sent += 1
+            return callback(chunk)
+
+        try:
+            return self.server.handle_chat_completions(request, counting)
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.chunks.append(sent)
+
+
+@pytest.fixture
+def recorder(llamacpp: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    recording = Recorder(llamacpp._server)
+    monkeypatch.setattr(llamacpp, "_server", recording)
+    yield recording
+    recording.go.set()  # never leave a generation held back
+    _wait_for(lambda: llamacpp.queued == 0, "the model to be free")
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _ask(question: str) -> list[Message]:
+    return [{"role": "user", "content": question}]
+
+
+def _in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run `target` in a thread; its result (or exception) lands in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(target())
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+QUESTIONS = [
+    "Name one kind of financial statement.",
+    "What does a cash flow statement show?",
+    "Define net income in one sentence.",
+    "What is an auditor's opinion?",
+]
+
+
+def test_concurrent_answers_match_a_sequential_run(llamacpp: LlamaCppLLM, recorder: Recorder) -> None:
+    sequential = [complete(llamacpp, _ask(q), max_tokens=20) for q in QUESTIONS]
+    assert all(a.strip() for a in sequential)
+    start = threading.Barrier(len(QUESTIONS))
+
+    def together(question: str) -> Callable[[], str]:
+        def ask() -> str:
+            start.wait()  # all threads ask at the same moment
+            return complete(llamacpp, _ask(question), max_tokens=20)
+        return ask
+
+    asked = [_in_thread(together(q)) for q in QUESTIONS]
+    for thread, _ in asked:
+        thread.join(timeout=300)
+    assert [out for _, out in asked] == [[a] for a in sequential]  # complete, and as if asked alone (greedy)
+    assert len(recorder.started) == 2 * len(QUESTIONS)
+    assert recorder.most == 1, "two generations ran at once on one context"
+
+
+def test_waiting_requests_are_served_in_arrival_order(llamacpp: LlamaCppLLM, recorder: Recorder) -> None:
+    recorder.go.clear()  # the first generation holds the model until we let it go
+    asked = []
+    for n, question in enumerate(QUESTIONS[:3], start=1):
+        asked.append(_in_thread(lambda q=question: complete(llamacpp, _ask(q), max_tokens=4)))  # type: ignore[misc]
+        _wait_for(lambda n=n: llamacpp.queued == n, f"{n} requests in the queue")  # type: ignore[misc]
+    assert recorder.started == [QUESTIONS[0]]
+    recorder.go.set()
+    for thread, out in asked:
+        thread.join(timeout=120)
+        assert isinstance(out[0], str) and out[0].strip()
+    assert recorder.started == QUESTIONS[:3]
+    assert recorder.most == 1
+
+
+def test_a_request_that_waits_too_long_is_refused(
+    llamacpp: LlamaCppLLM, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llamacpp, "queue_timeout_s", 0.3)
+    recorder.go.clear()
+    first, out = _in_thread(lambda: complete(llamacpp, _ask(QUESTIONS[0]), max_tokens=4))
+    _wait_for(lambda: llamacpp.queued == 1, "the first request to hold the model")
+    started = time.monotonic()
     with pytest.raises(ComponentUnavailable) as caught:
-        complete(llm, QUESTION)
-    assert "no-such-model:1b" in caught.value.message
-    assert "ollama pull no-such-model:1b" in caught.value.message
-    assert fake_ollama.url in caught.value.message
+        complete(llamacpp, _ask(QUESTIONS[1]), max_tokens=4)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert caught.value.status_code == 503
+    assert caught.value.message.startswith(f"the embedded model is busy: {SMALL_MODEL} had 1 answer(s) to generate")
+    assert "0.3s (LLM_QUEUE_TIMEOUT_S)" in caught.value.message
+    assert llamacpp.queued == 1  # the refused request left the queue
+    recorder.go.set()
+    first.join(timeout=120)
+    assert isinstance(out[0], str) and out[0].strip()
+    assert complete(llamacpp, _ask(QUESTIONS[1]), max_tokens=4).strip()
+    assert recorder.started == [QUESTIONS[0], QUESTIONS[1]] and recorder.most == 1
 
 
-def test_ollama_sends_options_and_messages_intact(fake_ollama: FakeOllama) -> None:
-    llm = OllamaLLM(fake_ollama.url, DEFAULT_MODEL, timeout_s=5)
-    messages: list[Message] = [
-        {"role": "system", "content": "Answer only from the sources.\nCite them as [n]."},
-        {"role": "user", "content": 'Quelle est la marge nette ? Net margin — 2024 (€, "GAAP")'},
-    ]
-    before = len(fake_ollama.chats)
-    answer = complete(llm, messages, max_tokens=12, temperature=0.3)
-    sent = fake_ollama.chats[before:]
-    assert len(sent) == 1
-    body = sent[0]
-    assert body["model"] == DEFAULT_MODEL
-    assert body["stream"] is True
-    assert body["messages"] == messages
-    assert body["options"]["num_predict"] == 12
-    assert body["options"]["temperature"] == pytest.approx(0.3)
-    assert answer == " ".join(_long_reply([]).split()[:12])  # the fake honoured num_predict
+def _generating() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("llamacpp-generate") and t.is_alive()]
 
 
-def test_ollama_ping_checks_the_model_is_there(fake_ollama: FakeOllama) -> None:
-    llm = OllamaLLM(fake_ollama.url, DEFAULT_MODEL, timeout_s=5)
-    before = len(fake_ollama.requests)
-    llm.ping()
-    assert [(r.method, r.path) for r in fake_ollama.requests[before:]] == [("POST", "/api/show")]
-    with pytest.raises(ComponentUnavailable, match="ollama pull missing:1b"):
-        OllamaLLM(fake_ollama.url, "missing:1b", timeout_s=5).ping()
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_a_stream_given_up_stops_the_generation_and_frees_the_model(
+    llamacpp: LlamaCppLLM, recorder: Recorder, how: str
+) -> None:
+    complete(llamacpp, QUESTION, max_tokens=64)
+    whole = recorder.chunks[-1]
+    assert whole > 32
+    stream = llamacpp.stream(QUESTION, max_tokens=64)
+    assert next(stream)
+    assert llamacpp.queued == 1  # held while the consumer holds the stream
+    if how == "close":
+        stream.close()
+    else:  # the consumer went away without closing (a cancelled request): the generator is collected
+        del stream
+        gc.collect()
+    _wait_for(lambda: not _generating() and llamacpp.queued == 0, "the worker thread to stop")
+    assert recorder.chunks[-1] < whole / 2, "llama.cpp stopped early"
+    assert complete(llamacpp, _ask(QUESTIONS[0]), max_tokens=4).strip()
+    assert recorder.most == 1
 
 
-def test_ollama_error_mid_stream() -> None:
-    with FakeOllama(stream_error="model runner has unexpectedly stopped") as server:
-        llm = OllamaLLM(server.url, DEFAULT_MODEL, timeout_s=5)
-        with pytest.raises(ComponentUnavailable, match="unexpectedly stopped"):
-            complete(llm, QUESTION)
+def test_a_generation_past_its_timeout_is_stopped(
+    llamacpp: LlamaCppLLM, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llamacpp, "timeout_s", 0.3)
+    recorder.go.clear()  # llama.cpp "takes" longer than the timeout
+    with pytest.raises(ComponentUnavailable, match=r"did not finish within 0\.3s \(LLM_TIMEOUT_S\)"):
+        complete(llamacpp, QUESTION, max_tokens=96)
+    assert llamacpp.queued == 1  # llama.cpp has not returned yet: the model is still taken
+    recorder.go.set()
+    _wait_for(lambda: not _generating() and llamacpp.queued == 0, "the worker thread to stop")
+    assert recorder.chunks[-1] <= 2  # it stopped at its first token
 
 
-def test_ollama_timeout_is_unavailable() -> None:
-    with FakeOllama(chunk_delay_s=1.0) as server:
-        llm = OllamaLLM(server.url, DEFAULT_MODEL, timeout_s=0.2)
-        with pytest.raises(ComponentUnavailable):
-            complete(llm, QUESTION)
+def test_llamacpp_counts_tokens_as_llama_cpp_bills_them(llamacpp: LlamaCppLLM) -> None:
+    text = "Total net sales: 81,797 (three months ended July 1, 2023) | 82,959 (three months ended June 25, 2022)"
+    billed = llamacpp._server.handle_completions({"prompt": text, "n_predict": 1})["usage"]["prompt_tokens"]
+    assert llamacpp.count_tokens(text) == billed
+    assert llamacpp.context_tokens == 2048
 
 
-def test_fake_ollama_speaks_the_api(fake_ollama: FakeOllama) -> None:
-    """The fake itself, through the real client: non-streamed chat, show, version, tags."""
-    import ollama
-
-    with ollama.Client(host=fake_ollama.url, timeout=5) as client:
-        whole = client.chat(model=DEFAULT_MODEL, messages=[dict(m) for m in QUESTION], stream=False)
-        assert whole.done and whole.done_reason == "stop"
-        assert whole.message.content == _long_reply([])
-        assert whole.eval_count == len(_long_reply([]).split())
-        shown = client.show(DEFAULT_MODEL)
-        assert shown.details is not None and shown.details.format == "gguf"
-        assert [m.model for m in client.list().models] == [DEFAULT_MODEL]
-        with pytest.raises(ollama.ResponseError) as caught:
-            client.show("missing")
-        assert caught.value.status_code == 404
-    import httpx
-
-    assert httpx.get(f"{fake_ollama.url}/api/version", timeout=5).json() == {"version": "0.12.6"}
-
-
-# --- llama.cpp --------------------------------------------------------------------------------------------
+# --- llama.cpp: loading -----------------------------------------------------------------------------------
 
 
 def test_llamacpp_bad_file_is_unavailable(tmp_path: Path) -> None:
