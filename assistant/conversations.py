@@ -1,20 +1,27 @@
-"""Conversations: stored history, and follow-up questions rewritten into standalone ones.
+"""Conversations: the stored history of questions and answers.
 
-SKELETON — being implemented (storage in the database, rewriting). Interface:
-
-- `Turn`: one question/answer exchange of a conversation.
-- `Conversations(engine)`: `start(collection) -> id`, `history(id) -> list[Turn]` (UnknownConversation, 404).
-- `Rewriter`: `rewrite(question, history) -> Rewrite` (the standalone question and how it was made).
+`Conversations(engine)`: `start(collection) -> id`, `history(id) -> list[Turn]` (oldest first) and `get(id)`,
+read from the `conversations` and `answers` tables; an unknown id raises UnknownConversation (404).
+Follow-up questions are made standalone by `assistant.rewriting.Rewriter`.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+
+from .db import answers, conversations
+from .errors import UnknownConversation
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 80
+HISTORY_TURNS = 20
 
 
 @dataclass(frozen=True)
@@ -23,25 +30,82 @@ class Turn:
     answer: str
     standalone: str | None = None  # the rewritten question, when it was rewritten
     inferred_filters: dict[str, Any] | None = None
+    answer_id: str | None = None  # stored turns only
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
-class Rewrite:
-    question: str
-    method: str  # "unchanged", "rules", "llm", …
+class Conversation:
+    id: str
+    collection: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+    turns: list[Turn]
+
+
+def title_of(question: str, chars: int = TITLE_CHARS) -> str:
+    """A conversation's title: its first question, cut at a word boundary to at most `chars` characters."""
+    text = " ".join(question.split())
+    if len(text) <= chars:
+        return text
+    cut = text[: chars - 1].rsplit(" ", 1)[0] or text[: chars - 1]
+    return cut.rstrip(" ,;:") + "…"
 
 
 class Conversations:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def start(self, collection: str) -> str:
-        return str(uuid.uuid4())
+    def start(self, collection: str, title: str | None = None) -> str:
+        """A new conversation; its title is set by its first recorded answer unless given here."""
+        conversation_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(conversations).values(
+                id=conversation_id, created_at=now, updated_at=now, collection=collection,
+                title=title_of(title) if title else None,
+            ))
+        return conversation_id
 
-    def history(self, conversation_id: str) -> list[Turn]:
-        return []
+    def history(self, conversation_id: str, limit: int = HISTORY_TURNS) -> list[Turn]:
+        """The last `limit` turns, oldest first."""
+        with self.engine.connect() as conn:
+            self._row(conn, conversation_id)
+            rows = conn.execute(
+                sa.select(answers).where(answers.c.conversation_id == conversation_id)
+                .order_by(answers.c.created_at.desc(), answers.c.id.desc()).limit(limit)
+            ).mappings().all()
+        return [_turn(row) for row in reversed(rows)]
+
+    def get(self, conversation_id: str) -> Conversation:
+        """The conversation with all its turns, oldest first."""
+        with self.engine.connect() as conn:
+            row = self._row(conn, conversation_id)
+            rows = conn.execute(
+                sa.select(answers).where(answers.c.conversation_id == conversation_id)
+                .order_by(answers.c.created_at, answers.c.id)
+            ).mappings().all()
+        return Conversation(row["id"], row["collection"], row["title"], row["created_at"], row["updated_at"],
+                            [_turn(r) for r in rows])
+
+    @staticmethod
+    def _row(conn: sa.Connection, conversation_id: str) -> sa.RowMapping:
+        row = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
+        if row is None:
+            raise unknown_conversation(conversation_id)
+        return row
 
 
-class Rewriter:
-    def rewrite(self, question: str, history: Sequence[Turn]) -> Rewrite:
-        return Rewrite(question, "unchanged")
+def unknown_conversation(conversation_id: str) -> UnknownConversation:
+    return UnknownConversation(
+        f"no conversation with id {conversation_id!r}; ask without a conversation_id to start one, then continue "
+        "it with the conversation_id its answers return"
+    )
+
+
+def _turn(row: sa.RowMapping) -> Turn:
+    return Turn(question=row["question"], answer=row["answer"], standalone=row["standalone_question"],
+                inferred_filters=row["inferred_filters"], answer_id=row["id"], created_at=row["created_at"])
+
+

@@ -1,4 +1,4 @@
-"""The relational database: answers, feedback and the document registry.
+"""The relational database: answers, conversations, feedback and the document registry.
 
 SQLite under DATA_DIR by default (WAL mode, busy timeout); any SQLAlchemy URL (PostgreSQL) via
 DATABASE_URL. The schema is owned by Alembic migrations in `assistant/migrations/versions`, applied
@@ -36,6 +36,16 @@ documents = sa.Table(
     sa.Column("pipeline", sa.String(64), nullable=False, server_default=""),  # see ingest.pipeline
 )
 
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),  # its latest answer
+    sa.Column("collection", sa.String(128), nullable=False),
+    sa.Column("title", sa.Text),  # the first question, truncated
+)
+
 answers = sa.Table(
     "answers",
     metadata,
@@ -53,6 +63,10 @@ answers = sa.Table(
     sa.Column("citations", sa.JSON, nullable=False),  # [{n, point_id, source, pages, section, score}]
     sa.Column("latency_ms", sa.Integer, nullable=False),
     sa.Column("timings", sa.JSON),
+    sa.Column("conversation_id", sa.String(36), sa.ForeignKey("conversations.id", name="fk_answers_conversation_id"),
+              index=True),
+    sa.Column("standalone_question", sa.Text),  # what retrieval and the LLM saw, when it was rewritten
+    sa.Column("inferred_filters", sa.JSON),  # what retrieval kept to because the question named it
 )
 
 feedback = sa.Table(
@@ -88,8 +102,28 @@ def connect(url: str) -> sa.Engine:
 
 
 def migrate(engine: sa.Engine) -> None:
+    """Upgrade the schema to the latest migration.
+
+    On SQLite, foreign keys are off while migrations run: batch migrations copy a table and drop the
+    original, which SQLite refuses while other tables' rows reference it. The pragma only takes effect
+    outside a transaction; the references are checked before the migration commits.
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"the migrated database has broken references: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()

@@ -5,7 +5,8 @@
     │   └── InvalidFilter
     ├── NotFound (404)
     │   ├── UnknownAnswer
-    │   └── UnknownCollection
+    │   ├── UnknownCollection
+    │   └── UnknownConversation
     ├── IndexLocked (409)           embedded Qdrant is open in another process
     └── ComponentUnavailable (503)  the LLM, the store or the embedder cannot serve
         └── ModelMissing            model weights were not fetched yet
@@ -46,6 +47,10 @@ class UnknownAnswer(NotFound):
 
 class UnknownCollection(NotFound):
     code = "unknown_collection"
+
+
+class UnknownConversation(NotFound):
+    code = "unknown_conversation"
 
 
 class IndexLocked(FinragError):

@@ -1,4 +1,4 @@
-"""The answer log and the feedback log: every answer is recorded, feedback links to it."""
+"""The answer log and the feedback log: every answer is recorded (with its conversation), feedback links to it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from .answering import Answer, page_list
-from .db import answers, feedback
+from .conversations import title_of, unknown_conversation
+from .db import answers, conversations, feedback
 from .errors import UnknownAnswer
 from .store import Filters
 
@@ -30,14 +31,22 @@ class AnswerLog:
              "score": round(h.score, 4)}
             for h in answer.retrieved
         ]
+        now = datetime.now(UTC)
         with self.engine.begin() as conn:  # committed before the response is sent
+            if conversation_id is not None:  # the conversation's latest answer; its first question is its title
+                touched = conn.execute(sa.update(conversations).where(conversations.c.id == conversation_id).values(
+                    updated_at=now, title=sa.func.coalesce(conversations.c.title, title_of(question)),
+                ))
+                if touched.rowcount == 0:
+                    raise unknown_conversation(conversation_id)
             conn.execute(sa.insert(answers).values(
-                id=answer_id, created_at=datetime.now(UTC), collection=collection, question=question,
+                id=answer_id, created_at=now, collection=collection, question=question,
                 answer=answer.answer, refused=answer.refused, model=answer.model,
                 prompt_version=answer.prompt_version, embedder=self.embedder_name,
                 filters=dict(filters) if filters else None, retrieved=retrieved,
                 citations=[asdict(c) for c in answer.citations], latency_ms=latency_ms,
-                timings=answer.timings_ms,
+                timings=answer.timings_ms, conversation_id=conversation_id, standalone_question=standalone_question,
+                inferred_filters=answer.inferred_filters,
             ))
         return answer_id
 
