@@ -1,4 +1,4 @@
-"""Answering: retrieve, build a prompt with numbered sources, generate, keep only valid citations.
+"""Answering: retrieve, build a prompt with numbered sources (`assistant.sources`), generate, check the answer.
 
 The evidence gate comes first: when the best chunk scores under `RETRIEVAL_MIN_SCORE`, the LLM is not
 asked at all and the assistant says the indexed documents do not contain the answer.
@@ -13,34 +13,42 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .calculation import needs_calculation, numbers_of, parse, render
 from .chunks import ScoredChunk
-from .llm import LLM, Message
+from .coverage import missing_terms
+from .grounding import checked_numbers, has_cited_statement, uncited_claims, unsupported_numbers
+from .llm import LLM, Message, estimate_tokens
+from .packing import pack_sources
 from .prompts import Prompt, load_prompt
+from .query import Facets
 from .retrieval import Retriever
-from .settings import LLMSettings, RetrievalSettings
+from .settings import GroundingSettings, LLMSettings, RetrievalSettings
+from .sources import (
+    ANSWER_REMINDER,
+    Citation,
+    attribute_figures,
+    build_messages,
+    extract_citations,
+    make_citation,
+    page_list,
+    render_messages,
+    source_header,
+    source_texts,
+    sources_of,
+)
 from .store import Filters
 
 log = logging.getLogger(__name__)
 
+__all__ = [  # with the prompt and citation helpers it is built on, importable from here too
+    "ANSWER_REMINDER", "NOT_FOUND_MARK", "REFUSAL_TEXT", "Answer", "Answerer", "Citation", "Draft",
+    "attribute_figures", "build_messages", "extract_citations", "final_answer", "is_refusal", "make_citation",
+    "page_list", "render_messages", "source_header", "source_texts",
+]
+
 NOT_FOUND_MARK = "NOT_FOUND"
 REFUSAL_TEXT = "I could not find the answer to this question in the indexed documents."
-_CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-SNIPPET_CHARS = 400
-# Repeated after the sources: small models follow the instruction they read last.
-ANSWER_REMINDER = "Answer from the sources above and cite each fact with its source number, like [2]."
-
-
-@dataclass(frozen=True)
-class Citation:
-    n: int
-    point_id: str
-    source: str
-    pages: list[int]
-    section: str | None
-    snippet: str
-    score: float
-
-
+CLOSEST = 3  # sources shown with a refusal
 @dataclass
 class Answer:
     answer: str
@@ -52,110 +60,9 @@ class Answer:
     timings_ms: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     inferred_filters: dict[str, Any] | None = None  # what retrieval kept to because the question named it
-
-
-def page_list(hit: ScoredChunk) -> list[int]:
-    c = hit.chunk
-    if c.page_start is None:
-        return []
-    return list(range(c.page_start, (c.page_end or c.page_start) + 1))
-
-
-def source_header(n: int, hit: ScoredChunk) -> str:
-    c = hit.chunk
-    parts = [c.source]
-    if c.title and c.title != c.source.rsplit(".", 1)[0]:
-        parts.append(c.title)
-    if c.pages_label():
-        parts.append(c.pages_label())
-    if c.section:
-        parts.append(c.section)
-    return f"[{n}] ({', '.join(parts)})"
-
-
-def source_texts(hits: Sequence[ScoredChunk], max_chars: int) -> list[str]:
-    """The text of each source that fits the prompt, in rank order, trimmed to `max_chars` in all.
-
-    The best source is always shown; later ones only while more than 200 characters of room are left.
-    """
-    texts: list[str] = []
-    used = 0
-    for hit in hits:
-        room = max_chars - used
-        if room <= 200 and texts:
-            break
-        text = hit.chunk.text.strip()[:room]
-        used += len(text)
-        texts.append(text)
-    return texts
-
-
-def render_messages(
-    prompt: Prompt, question: str, hits: Sequence[ScoredChunk], texts: Sequence[str]
-) -> list[Message]:
-    """System prompt + one user message: numbered sources (`texts[i]` shows `hits[i]`), then the question."""
-    shown = zip(hits, texts, strict=False)  # texts may cover only the first hits
-    blocks = [f"{source_header(n, hit)}\n{text}" for n, (hit, text) in enumerate(shown, start=1)]
-    user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}\n\n{ANSWER_REMINDER}"
-    return [{"role": "system", "content": prompt.text}, {"role": "user", "content": user}]
-
-
-def build_messages(prompt: Prompt, question: str, hits: Sequence[ScoredChunk], max_chars: int) -> list[Message]:
-    """The prompt for `question` over as many of `hits` as fit in `max_chars` of source text."""
-    return render_messages(prompt, question, hits, source_texts(hits, max_chars))
-
-
-def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int]]:
-    """Keep `[n]` marks that point to a source; drop the others. Returns (text, cited, dropped)."""
-    cited: list[int] = []
-    dropped: list[int] = []
-
-    def keep(match: re.Match[str]) -> str:
-        numbers = [int(x) for x in re.split(r"\s*[,;]\s*", match.group(1))]
-        valid = [x for x in numbers if 1 <= x <= n_sources]
-        dropped.extend(x for x in numbers if x not in valid)
-        for x in valid:
-            if x not in cited:
-                cited.append(x)
-        return "".join(f"[{x}]" for x in valid)
-
-    cleaned = _CITE.sub(keep, text)
-    cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", cleaned)
-    return cleaned.strip(), cited, dropped
-
-
-def make_citation(n: int, hit: ScoredChunk) -> Citation:
-    text = " ".join(hit.chunk.text.split())
-    return Citation(
-        n=n, point_id=hit.point_id, source=hit.chunk.source, pages=page_list(hit), section=hit.chunk.section,
-        snippet=text[:SNIPPET_CHARS], score=round(hit.score, 4),
-    )
-
-
-_FIGURE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d{3,}")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
-
-
-def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list[int]]:
-    """Cite, for each uncited sentence with figures, the best-ranked source that prints all of them.
-
-    Small models often state a figure correctly but forget the [n]; a figure found verbatim in a source is
-    strong evidence of where it came from. Sentences without figures stay uncited.
-    """
-    cited: list[int] = []
-    out = []
-    for sentence in _SENTENCE_END.split(text):
-        figures = [f for f in _FIGURE.findall(sentence) if not re.fullmatch(r"(19|20)\d{2}", f)]
-        source = next((n for n, hit in enumerate(hits, start=1)
-                       if figures and all(f in hit.chunk.text for f in figures)), None)
-        if source is not None:
-            stripped = sentence.rstrip()
-            end = len(stripped) - 1 if stripped.endswith((".", "!", "?")) else len(stripped)
-            sentence = f"{stripped[:end]} [{source}]{stripped[end:]}"
-            if source not in cited:
-                cited.append(source)
-        out.append(sentence)
-    return " ".join(out), cited
+    unsupported_numbers: list[str] = field(default_factory=list)  # figures no cited source states or gives
+    calculation: dict[str, Any] | None = None  # {expression, value, error} when the product computed the answer
+    closest: list[Citation] = field(default_factory=list)  # a refusal's nearest sources, to look at by hand
 
 
 _REFUSAL = re.compile(r"\W*not[\s_]found\b", re.I)
@@ -177,6 +84,7 @@ class Draft:
     timings_ms: dict[str, int]
     inferred_filters: dict[str, Any] | None
     refusal: Answer | None = None
+    prompt: Prompt | None = None  # which prompt `messages` were built with
 
 
 @dataclass
@@ -185,11 +93,23 @@ class Answerer:
     llm_factory: Callable[[], LLM]
     retrieval: RetrievalSettings
     llm_settings: LLMSettings
-    prompt: Prompt = field(default_factory=lambda: load_prompt("answer_v1"))
+    grounding: GroundingSettings = field(default_factory=GroundingSettings)
+    prompt: Prompt = field(default_factory=lambda: load_prompt("answer_v2"))
+    calc_prompt: Prompt | None = field(default_factory=lambda: load_prompt("calc_v1"))
+
+    def prompt_for(self, question: str) -> Prompt:
+        """The calculation prompt for questions that need arithmetic (when configured), else the answer prompt."""
+        if self.calc_prompt is not None and needs_calculation(question):
+            return self.calc_prompt
+        return self.prompt
+
+    def facets(self, collection: str) -> Facets | None:
+        facets = self.retriever.facets
+        return facets(collection) if facets is not None else None
 
     def draft(
         self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,
-        min_score: float | None = None,
+        min_score: float | None = None, llm: LLM | None = None,
     ) -> Draft:
         """Retrieve and build the prompt; refuse here when the evidence is too weak to ask the LLM.
 
@@ -202,14 +122,44 @@ class Answerer:
         timings["retrieve"] = _ms(started)
         timings.update({f"retrieve_{k}": round(v) for k, v in found.timings_ms.items()})
         gate = self.retrieval.min_score if min_score is None else min_score
+        reason = None
         if not hits or found.evidence < gate:
             log.info("refusing: nearest chunk scores %.3f, under %.3f", found.evidence, gate)
-            refusal = Answer(REFUSAL_TEXT, [], hits, True, "evidence-gate", self.prompt.version, timings,
-                             inferred_filters=found.inferred_filters)
+            reason = "evidence-gate"
+        elif self.grounding.require_coverage and min_score is None:
+            missing = missing_terms(question, hits, self.facets(collection))
+            if missing:
+                log.info("refusing: no retrieved chunk mentions %s", missing)
+                reason = "coverage"
+                timings["refusal_missing"] = len(missing)
+        if reason is not None:
+            text = REFUSAL_TEXT
+            if reason == "coverage":
+                text = f"{REFUSAL_TEXT} None of the sources found mentions {_names(missing)}."
+            closest = [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
+            refusal = Answer(text, [], hits, True, reason, self.prompt.version, timings,
+                             inferred_filters=found.inferred_filters, closest=closest)
             return Draft(hits, [], 0, timings, found.inferred_filters, refusal)
-        texts = source_texts(hits, self.retrieval.context_chars)
-        messages = render_messages(self.prompt, question, hits, texts)
-        return Draft(hits, messages, len(texts), timings, found.inferred_filters)
+        prompt = self.prompt_for(question)
+        texts = self.fit_sources(prompt, question, hits, llm)
+        messages = render_messages(prompt, question, hits, texts)
+        return Draft(hits, messages, len(texts), timings, found.inferred_filters, prompt=prompt)
+
+    def fit_sources(self, prompt: Prompt, question: str, hits: Sequence[ScoredChunk], llm: LLM | None) -> list[str]:
+        """The sources' texts that fit the prompt: RETRIEVAL_CONTEXT_TOKENS of them, within the model's context
+        window less the answer's tokens, counted with the model's tokenizer; lowest-ranked sources are dropped
+        first and a table row is never cut (`assistant.packing`). Without a model that counts tokens, the
+        character budget RETRIEVAL_CONTEXT_CHARS applies."""
+        window = getattr(llm, "context_tokens", None)
+        if not isinstance(window, int):
+            return source_texts(hits, self.retrieval.context_chars)
+        count = getattr(llm, "count_tokens", estimate_tokens)
+        fixed = sum(count(m["content"]) for m in render_messages(prompt, question, [], []))
+        answer_tokens = self.llm_settings.max_tokens
+        margin = 32
+        budget = min(window, fixed + answer_tokens + margin + self.retrieval.context_tokens)
+        return pack_sources(hits, fixed_tokens=fixed, context_tokens=budget, answer_tokens=answer_tokens,
+                            count=count, margin_tokens=margin)
 
     def stream(
         self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,
@@ -219,25 +169,33 @@ class Answerer:
 
         The streamed text is the model's raw reply; the final Answer holds the checked text (invalid
         citations removed, calculations evaluated) that is recorded and shown."""
-        draft = self.draft(question, collection, top_k=top_k, filters=filters, min_score=min_score)
+        llm = llm or self.llm_factory()
+        draft = self.draft(question, collection, top_k=top_k, filters=filters, min_score=min_score, llm=llm)
         if draft.refusal is not None:
             yield draft.refusal
             return
-        yield from self.generate(draft, llm or self.llm_factory())
+        yield from self.generate(draft, llm)
 
     def generate(self, draft: Draft, llm: LLM) -> Iterator[str | Answer]:
         """Run the LLM over a draft's prompt: text pieces, then the Answer."""
         timings = dict(draft.timings_ms)
         pieces: list[str] = []
+        # A calculation reply (CALC/ANSWER lines) means nothing to a reader until the product has computed it:
+        # it is not streamed; the finished answer with its working is sent as one piece instead.
+        hold = draft.prompt is not None and draft.prompt is self.calc_prompt
         t = time.perf_counter()
         for piece in llm.stream(draft.messages, max_tokens=self.llm_settings.max_tokens,
                                 temperature=self.llm_settings.temperature):
             if not pieces:
                 timings["first_token"] = _ms(t)
             pieces.append(piece)
-            yield piece
+            if not hold:
+                yield piece
         timings["generate"] = _ms(t)
-        answer = self.finish("".join(pieces), draft.hits, llm.name, timings, shown=draft.shown)
+        answer = self.finish("".join(pieces), draft.hits, llm.name, timings, shown=draft.shown,
+                             prompt=draft.prompt)
+        if hold:
+            yield answer.answer
         yield replace(answer, inferred_filters=draft.inferred_filters)
 
     def answer(
@@ -249,26 +207,68 @@ class Answerer:
                                         llm=llm))
 
     def finish(
-        self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int], shown: int | None = None
+        self, raw: str, hits: Sequence[ScoredChunk], model: str, timings: dict[str, int], shown: int | None = None,
+        prompt: Prompt | None = None,
     ) -> Answer:
-        """Turn the model's reply into an Answer; citations may only point to the `shown` sources."""
+        """Turn the model's reply into an Answer; citations may only point to the `shown` sources.
+
+        Replies to the calculation prompt are computed here (`assistant.calculation`); every answer's figures
+        are then checked against the sources it cites (`assistant.grounding`)."""
+        prompt = prompt or self.prompt
         if is_refusal(raw):
-            return Answer(REFUSAL_TEXT, [], list(hits), True, model, self.prompt.version, timings)
+            return Answer(REFUSAL_TEXT, [], list(hits), True, model, prompt.version, timings)
         shown = len(hits) if shown is None else min(shown, len(hits))
-        text, cited, dropped = extract_citations(raw, shown)
         warnings: list[str] = []
-        if not cited:
-            text, cited = attribute_figures(text, hits[:shown])
-            if cited:
-                warnings.append("the model cited no source; citations were added where the answer's figures "
-                                "appear verbatim in a source")
+        calculation: dict[str, Any] | None = None
+        computed: list[float] = []
+        if prompt is self.calc_prompt:
+            reply = parse(raw)
+            worked = render(reply, cites=sources_of(numbers_of(reply.expression or ""), hits[:shown]))
+            if worked is not None:
+                raw = worked.text
+                if worked.expression is not None:
+                    calculation = {"expression": worked.expression, "value": worked.value, "error": worked.error}
+                if worked.value is not None:
+                    computed.append(worked.value)
+                # the formula's own constants (× 100, ÷ 2) are not figures to find in a source
+                computed += [float(x) for x in numbers_of(worked.expression or "") if x.isdigit() and int(x) <= 100]
+                if worked.error:
+                    warnings.append(f"the calculation could not be computed: {worked.error}")
+        text, cited, dropped = extract_citations(raw, shown)
+        text, added = attribute_figures(text, hits[:shown])
+        if added:
+            warnings.append("citations were added where the answer's figures appear verbatim in a source")
+            cited.extend(n for n in added if n not in cited)
         if dropped:
             log.warning("dropped citations to missing sources: %s", dropped)
             warnings.append(f"removed citations to sources that do not exist: {sorted(set(dropped))}")
         if not cited:
             warnings.append("the answer cites no source; check it against the sources before relying on it")
+        else:
+            uncited = uncited_claims(text)
+            if uncited:
+                warnings.append(f"{len(uncited)} sentence(s) with figures cite no source: " + " | ".join(
+                    f"\"{s[:80]}\"" for s in uncited))
+        cited_texts = [hits[n - 1].chunk.text for n in cited] or [h.chunk.text for h in hits[:shown]]
+        unsupported = unsupported_numbers(text, cited_texts, computed)
+        if (unsupported and self.grounding.refuse_unsupported and not checked_numbers(text, unsupported)
+                and not has_cited_statement(text)):
+            log.info("withholding an answer whose figures no source gives: %s", unsupported)
+            closest = [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
+            return Answer(f"{REFUSAL_TEXT} The model's answer stated figures that none of the sources gives.",
+                          [], list(hits), True, model, prompt.version, timings,
+                          [f"withheld answer with unsupported figures {', '.join(unsupported)}: {text[:300]}"],
+                          unsupported_numbers=unsupported, closest=closest)
+        if unsupported:
+            warnings.append("figures not found in (or computable from) the cited sources: " + ", ".join(unsupported))
         citations = [make_citation(n, hits[n - 1]) for n in cited]
-        return Answer(text, citations, list(hits), False, model, self.prompt.version, timings, warnings)
+        return Answer(text, citations, list(hits), False, model, prompt.version, timings, warnings,
+                      unsupported_numbers=unsupported, calculation=calculation)
+
+
+def _names(terms: Sequence[str]) -> str:
+    quoted = [f"\"{t}\"" for t in terms]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def final_answer(events: Iterable[str | Answer]) -> Answer:

@@ -102,6 +102,8 @@ class Facets:
     """What a collection holds, per document; `values(field)` gives the distinct values of a field."""
 
     documents: tuple[DocumentFacets, ...] = ()
+    rules: frozenset[str] = frozenset()  # rule/section numbers the chunks carry, with their parents: "3.2.4", "3.2"
+    vocabulary: frozenset[str] = frozenset()  # words of the documents' names, titles and companies, as written
 
     def values(self, name: str) -> set[Any]:
         found: set[Any] = set()
@@ -120,9 +122,18 @@ class Facets:
 def collection_facets(chunks: Iterable[Chunk]) -> Facets:
     """The facets of the documents `chunks` belong to (one entry per doc_id, read from its first chunk)."""
     documents: dict[str, DocumentFacets] = {}
+    rules: set[str] = set()
+    words: set[str] = set()
     for chunk in chunks:
+        for number in _RULE_NUMBER.findall(chunk.section or ""):
+            parts = number.split(".")
+            rules.update(".".join(parts[:n]) for n in range(2, len(parts) + 1))
         if chunk.doc_id in documents:
             continue
+        for text in (chunk.source, chunk.title, chunk.extra.get("company"), chunk.extra.get("ticker"),
+                     chunk.extra.get("family")):
+            if isinstance(text, str):
+                words.update(re.findall(r"[A-Za-z][A-Za-z0-9&]*", text))
         extra = chunk.extra
         year = extra.get("fiscal_year")
         documents[chunk.doc_id] = DocumentFacets(
@@ -136,7 +147,10 @@ def collection_facets(chunks: Iterable[Chunk]) -> Facets:
             period=_text(extra.get("period")),
             family=_text(extra.get("family")),
         )
-    return Facets(tuple(documents[k] for k in sorted(documents)))
+    return Facets(tuple(documents[k] for k in sorted(documents)), frozenset(rules), frozenset(words))
+
+
+_RULE_NUMBER = re.compile(r"\b\d{1,3}(?:\.\d{1,3})+\b")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@
 - `citation_precision`: for an answer that was given (not refused) to a question with evidence and that
   cites at least one source, the share of its distinct cited chunks that match an evidence item
   (`matching.matches`). A citation pointing to no retrieved chunk counts as not matching.
+- `citation_hit`: for an answer given to a question with evidence, 1.0 when at least one cited chunk matches
+  an evidence item (0.0 when none does or it cites nothing): "the answer cites a gold rule".
+- `unsupported_numbers`: for an answer given, how many of its figures no cited source states or gives by
+  simple arithmetic (`assistant.grounding`); `grounded_numbers`: 1.0 when there are none.
 - `refusal_accuracy`: for a question marked `"answerable": false`, 1.0 when the assistant refused.
   `over_refusal`: for an answerable question, 1.0 when it refused.
 Scores that do not apply to a question are left out of its dict, so means run over the questions they
@@ -21,9 +25,9 @@ from collections import Counter
 from typing import Any
 
 from assistant.answering import Answer
+from assistant.numbers import numbers_found
 
 from .matching import matches
-from .numbers import numbers_found
 from .questions import Question
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -31,8 +35,8 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _CITATION = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 
 ANSWER_METRICS = (
-    "numeric_match", "numeric_recall", "token_f1", "citation_precision", "refusal_accuracy", "over_refusal",
-    "judge_correct", "judge_faithful",
+    "numeric_match", "numeric_recall", "token_f1", "citation_precision", "citation_hit", "grounded_numbers",
+    "unsupported_numbers", "refusal_accuracy", "over_refusal", "judge_correct", "judge_faithful",
 )
 
 
@@ -67,6 +71,19 @@ def citation_precision(question: Question, answer: Answer) -> float | None:
     return good / len(cited)
 
 
+def citation_hit(question: Question, answer: Answer) -> float | None:
+    """1 when the answer cites at least one chunk that matches an evidence item (0 when it cites none);
+    None for refusals and questions without evidence."""
+    if answer.refused or not question.evidence:
+        return None
+    for c in answer.citations:
+        if 1 <= c.n <= len(answer.retrieved):
+            chunk = answer.retrieved[c.n - 1].chunk
+            if any(matches(item, chunk) for item in question.evidence):
+                return 1.0
+    return 0.0
+
+
 def answer_scores(question: Question, answer: Answer) -> dict[str, float]:
     """The answer metrics that apply to this question (see the module docstring)."""
     scores: dict[str, float] = {}
@@ -81,6 +98,12 @@ def answer_scores(question: Question, answer: Answer) -> dict[str, float]:
     precision = citation_precision(question, answer)
     if precision is not None:
         scores["citation_precision"] = precision
+    hit = citation_hit(question, answer)
+    if hit is not None:
+        scores["citation_hit"] = hit
+    if not answer.refused:
+        scores["unsupported_numbers"] = float(len(answer.unsupported_numbers))
+        scores["grounded_numbers"] = float(not answer.unsupported_numbers)
     if question.answerable:
         scores["over_refusal"] = float(answer.refused)
     else:
@@ -100,5 +123,7 @@ def answer_record(answer: Answer) -> dict[str, Any]:
             for c in answer.citations
         ],
         "warnings": list(answer.warnings),
+        "unsupported_numbers": list(answer.unsupported_numbers),
+        "calculation": answer.calculation,
         "timings_ms": dict(answer.timings_ms),
     }

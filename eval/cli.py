@@ -31,7 +31,7 @@ from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
 from assistant.store import build_filter, integer_value
 
-from . import compare, fusion_tune, report, rerank_train
+from . import compare, fusion_tune, refusal_calibrate, report, rerank_train
 from .judge import Judge, load_judge_prompt
 from .questions import QuestionFileError, load_questions, sample_in_order
 from .results import RESULTS_FILE, default_run_dir, write_json, write_run
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="retrieve only chunks whose payload FIELD has VALUE, for every question (repeatable; "
                      "a field given twice matches either value), e.g. --filter ticker=AAPL --filter fiscal_year=2023")
     run.add_argument("--answers", action="store_true", help="also answer with the LLM and score the answers")
+    run.add_argument("--model", help="answer with this generator instead of the default: a registry name "
+                     "(qwen2.5-coder-0.5b-instruct) or ollama:TAG, to compare generators on the same questions")
     run.add_argument("--context", choices=("retrieved", "evidence"), default="retrieved",
                      help="answer from retrieval over the collection (default) or from the evidence documents")
     run.add_argument("--judge", action="store_true", help="grade answers with the local LLM judge (needs --answers)")
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.configure_parser(commands.add_parser("report", help="(re)write report.md and report.html of a run"))
     fusion_tune.configure_parser(commands.add_parser(
         "tune-fusion", help="grid-search the hybrid fusion (RRF k, weights) on the train split"))
+    refusal_calibrate.configure_parser(commands.add_parser(
+        "calibrate-refusal", help="how often each refusal check refuses answerable and unanswerable questions"))
     rerank_train.configure_parser(commands.add_parser(
         "train-reranker", help="train the cross-encoder reranker on the train split of question files"))
     tatqa = commands.add_parser("tatqa", help="build the TAT-QA answer set (documents + questions.jsonl)")
@@ -227,7 +231,13 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         answerer = components.answerer if args.answers else None
         if answerer is not None:
             answerer.retriever = retriever
+            if args.model:
+                llm = components.llm_for(args.model)
+                answerer.llm_factory = lambda: llm
             run_settings["prompt"] = answerer.prompt.version
+            if answerer.calc_prompt is not None:
+                run_settings["calc_prompt"] = answerer.calc_prompt.version
+            run_settings["model"] = args.model or components.default_llm_spec
         runner = Runner(retriever, config, answerer, judge)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result = runner.run(todo, progress=not args.no_progress, done=done, on_record=checkpoint)
@@ -278,8 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tatqa_command(args)
     settings = Settings.load()
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     if args.command == "tune-fusion":
         return fusion_tune.run_command(args, settings)
+    if args.command == "calibrate-refusal":
+        return refusal_calibrate.run_command(args, settings)
     if args.command == "train-reranker":
         try:
             return rerank_train.run_command(args)

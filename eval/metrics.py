@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable, Sequence
 
 from assistant.chunks import Chunk
+from assistant.numbers import find_numbers, same_number
 
 from .matching import page_matches, source_matches
-from .numbers import find_numbers, same_number
 from .questions import Evidence
 
 Ranks = Sequence[Sequence[int]]
@@ -166,7 +166,7 @@ MIN_FIGURE_DIGITS = 3  # a reference figure must have this many digits to count 
 def figure_hits(reference_answer: str | None, texts: Sequence[str], eligible: Sequence[bool],
                 ks: Iterable[int]) -> dict[str, float]:
     """`figure_hit@k`: 1.0 when one of the first k chunks that hold the evidence (`eligible`) states a figure
-    of the reference answer (eval/numbers.py agreement, figures of at least `MIN_FIGURE_DIGITS` digits).
+    of the reference answer (assistant/numbers.py agreement, figures of at least `MIN_FIGURE_DIGITS` digits).
 
     For document-level evidence (sec-10q) this says whether the chunk with the table row or sentence that
     carries the answer was retrieved, not just the right filing. Empty when the reference has no figure.

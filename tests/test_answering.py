@@ -10,24 +10,16 @@ from typing import Any, cast
 
 import pytest
 
-from assistant.answering import (
-    ANSWER_REMINDER,
-    NOT_FOUND_MARK,
-    REFUSAL_TEXT,
-    SNIPPET_CHARS,
-    Answerer,
-    build_messages,
-    extract_citations,
-    is_refusal,
-)
+from assistant.answering import NOT_FOUND_MARK, REFUSAL_TEXT, Answerer, is_refusal
 from assistant.chunks import Chunk, ScoredChunk
 from assistant.embedding import Embedder
 from assistant.prompts import load_prompt
 from assistant.retrieval import Retriever
 from assistant.settings import LLMSettings, RetrievalSettings
+from assistant.sources import ANSWER_REMINDER, SNIPPET_CHARS, build_messages, extract_citations
 from assistant.store import VectorStore
 
-PROMPT = load_prompt("answer_v1")
+PROMPT = load_prompt("answer_v2")
 
 
 def hit(n: int, text: str = "", **chunk: Any) -> ScoredChunk:

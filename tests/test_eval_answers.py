@@ -1,4 +1,4 @@
-"""Answer scores (eval/answers.py) and numeric agreement (eval/numbers.py), on fabricated answers."""
+"""Answer scores (eval/answers.py) and numeric agreement (assistant/numbers.py), on fabricated answers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 
 from assistant.answering import REFUSAL_TEXT, Answer, Citation
 from assistant.chunks import Chunk, ScoredChunk
+from assistant.numbers import find_numbers, numbers_found, same_number
 from eval.answers import ANSWER_METRICS, answer_scores, citation_precision, normalize, token_f1
-from eval.numbers import find_numbers, numbers_found, same_number
 from eval.questions import Evidence, Question
 
 FEES = "FEES_VER05.txt"

@@ -1,0 +1,152 @@
+"""The numbered sources of a prompt: how each is shown to the model, and how the answer cites them back.
+
+- `render_messages`: system prompt + one user message with `[n] (file, title, pages, section)` blocks.
+- `source_texts`: the sources that fit a character budget (`assistant.packing` fits a token budget).
+- `extract_citations`: keep `[n]` marks that point to a shown source, drop the others.
+- `attribute_figures` / `sources_of`: cite, for uncited figures, the best-ranked source printing them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .chunks import ScoredChunk
+from .llm import Message
+from .prompts import Prompt
+
+_CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+SNIPPET_CHARS = 400
+# Repeated after the sources: small models follow the instruction they read last.
+ANSWER_REMINDER = "Answer from the sources above and cite each fact with its source number, like [2]."
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    point_id: str
+    source: str
+    pages: list[int]
+    section: str | None
+    snippet: str
+    score: float
+
+
+def page_list(hit: ScoredChunk) -> list[int]:
+    c = hit.chunk
+    if c.page_start is None:
+        return []
+    return list(range(c.page_start, (c.page_end or c.page_start) + 1))
+
+
+def source_header(n: int, hit: ScoredChunk) -> str:
+    c = hit.chunk
+    parts = [c.source]
+    if c.title and c.title != c.source.rsplit(".", 1)[0]:
+        parts.append(c.title)
+    if c.pages_label():
+        parts.append(c.pages_label())
+    if c.section:
+        parts.append(c.section)
+    return f"[{n}] ({', '.join(parts)})"
+
+
+def source_texts(hits: Sequence[ScoredChunk], max_chars: int) -> list[str]:
+    """The text of each source that fits the prompt, in rank order, trimmed to `max_chars` in all.
+
+    The best source is always shown; later ones only while more than 200 characters of room are left.
+    """
+    texts: list[str] = []
+    used = 0
+    for hit in hits:
+        room = max_chars - used
+        if room <= 200 and texts:
+            break
+        text = hit.chunk.text.strip()[:room]
+        used += len(text)
+        texts.append(text)
+    return texts
+
+
+def render_messages(
+    prompt: Prompt, question: str, hits: Sequence[ScoredChunk], texts: Sequence[str]
+) -> list[Message]:
+    """System prompt + one user message: numbered sources (`texts[i]` shows `hits[i]`), then the question."""
+    shown = zip(hits, texts, strict=False)  # texts may cover only the first hits
+    blocks = [f"{source_header(n, hit)}\n{text}" for n, (hit, text) in enumerate(shown, start=1)]
+    user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}\n\n{ANSWER_REMINDER}"
+    return [{"role": "system", "content": prompt.text}, {"role": "user", "content": user}]
+
+
+def build_messages(prompt: Prompt, question: str, hits: Sequence[ScoredChunk], max_chars: int) -> list[Message]:
+    """The prompt for `question` over as many of `hits` as fit in `max_chars` of source text."""
+    return render_messages(prompt, question, hits, source_texts(hits, max_chars))
+
+
+def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int]]:
+    """Keep `[n]` marks that point to a source; drop the others. Returns (text, cited, dropped)."""
+    cited: list[int] = []
+    dropped: list[int] = []
+
+    def keep(match: re.Match[str]) -> str:
+        numbers = [int(x) for x in re.split(r"\s*[,;]\s*", match.group(1))]
+        valid = [x for x in numbers if 1 <= x <= n_sources]
+        dropped.extend(x for x in numbers if x not in valid)
+        for x in valid:
+            if x not in cited:
+                cited.append(x)
+        return "".join(f"[{x}]" for x in valid)
+
+    cleaned = _CITE.sub(keep, text)
+    cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", cleaned)
+    return cleaned.strip(), cited, dropped
+
+
+def make_citation(n: int, hit: ScoredChunk) -> Citation:
+    text = " ".join(hit.chunk.text.split())
+    return Citation(
+        n=n, point_id=hit.point_id, source=hit.chunk.source, pages=page_list(hit), section=hit.chunk.section,
+        snippet=text[:SNIPPET_CHARS], score=round(hit.score, 4),
+    )
+
+
+_FIGURE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d{3,}")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
+
+
+def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list[int]]:
+    """Cite, for each uncited sentence with figures, the best-ranked source that prints all of them.
+
+    Small models often state a figure correctly but forget the [n]; a figure found verbatim in a source is
+    strong evidence of where it came from. Sentences without figures stay uncited.
+    """
+    cited: list[int] = []
+    out = []
+    for sentence in re.split(r"((?<=[.!?])\s+(?=[A-Z(\"]))", text):  # odd items: the separators, kept
+        if not sentence.strip() or _CITE.search(sentence):
+            out.append(sentence)
+            continue
+        figures = [f for f in _FIGURE.findall(sentence) if not re.fullmatch(r"(19|20)\d{2}", f)]
+        source = next((n for n, hit in enumerate(hits, start=1)
+                       if figures and all(f in hit.chunk.text for f in figures)), None)
+        if source is not None:
+            stripped = sentence.rstrip()
+            end = len(stripped) - 1 if stripped.endswith((".", "!", "?")) else len(stripped)
+            sentence = f"{stripped[:end]} [{source}]{stripped[end:]}{sentence[len(stripped):]}"
+            if source not in cited:
+                cited.append(source)
+        out.append(sentence)
+    return "".join(out), cited
+
+
+def sources_of(figures: Sequence[str], hits: Sequence[ScoredChunk]) -> list[int]:
+    """For each figure, the best-ranked source printing it verbatim (figures under 10 and years skipped)."""
+    cited: list[int] = []
+    for figure in figures:
+        if not _FIGURE.fullmatch(figure) or re.fullmatch(r"(19|20)\d{2}", figure):
+            continue
+        n = next((n for n, hit in enumerate(hits, start=1) if figure in hit.chunk.text), None)
+        if n is not None and n not in cited:
+            cited.append(n)
+    return cited
