@@ -1,21 +1,26 @@
-"""HTTP routes: thin wrappers over the services held by the app state."""
+"""HTTP routes: thin wrappers over the services held by the app state, and the Server-Sent Events plumbing
+that both this router and the OpenAI-compatible one (assistant.openai_api) stream with."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
 
-from .chat import ChatService
+from .chat import ChatService, RecordedAnswer
 from .components import Components
-from .conversations import Conversations, Rewriter
 from .db import documents
-from .records import AnswerLog, FeedbackLog
+from .errors import FinragError
+from .records import FeedbackLog
 from .schemas import (
     ChatRequest,
     ChatResponse,
-    CitationOut,
     CollectionOut,
     ComponentHealth,
     FeedbackRequest,
@@ -23,50 +28,106 @@ from .schemas import (
     HealthResponse,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter()
+T = TypeVar("T")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the events
 
 
-def _components(request: Request) -> Components:
+def components_of(request: Request) -> Components:
     return request.app.state.components
 
 
-def _chat(request: Request) -> ChatService:
+def chat_service(request: Request) -> ChatService:
     """The chat service, built on first use so that starting the app loads nothing it does not need."""
     state = request.app.state
     if getattr(state, "chat", None) is None:
-        c, s = state.components, state.settings
-        state.chat = ChatService(
-            c.answerer, AnswerLog(c.engine, c.embedder.name), default_collection=s.collection,
-            max_question_chars=s.max_question_chars, conversations=Conversations(c.engine), rewriter=Rewriter(),
-            llm_for=c.llm_for,
-        )
+        state.chat = state.components.chat_service()
     return state.chat
 
 
-@router.post("/v1/chat", response_model=ChatResponse, tags=["chat"])
-def chat(body: ChatRequest, request: Request) -> ChatResponse:
-    """Answer a question from the indexed documents, citing sources as [n]."""
-    result = _chat(request).ask(body.question, collection=body.collection, filters=body.filters, top_k=body.top_k)
-    a = result.answer
-    return ChatResponse(
-        answer_id=result.answer_id, answer=a.answer,
-        citations=[CitationOut(**asdict(c)) for c in a.citations], refused=a.refused, warnings=a.warnings,
-        inferred_filters=a.inferred_filters,
-        model=a.model, prompt_version=a.prompt_version, latency_ms=result.latency_ms,
+# --- Server-Sent Events ----------------------------------------------------------------------------------------
+
+
+def sse(data: str, event: str | None = None) -> str:
+    """One Server-Sent Event; `data` is a single line (JSON)."""
+    return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+
+
+def started(events: Iterator[T]) -> Iterator[T]:
+    """`events`, advanced to its first item now: errors raised at the start (a bad request, an unknown
+    conversation, the LLM down) then become ordinary HTTP error responses instead of a stream that breaks."""
+    first = next(events)
+    return itertools.chain([first], events)
+
+
+def final(events: Iterator[str | RecordedAnswer]) -> RecordedAnswer:
+    """The RecordedAnswer that ends a chat stream, the text pieces before it skipped."""
+    *_, last = events
+    assert isinstance(last, RecordedAnswer)
+    return last
+
+
+def event_stream(chunks: Iterator[str]) -> StreamingResponse:
+    # A sync iterator: Starlette advances it in its thread pool, so generation does not block the event loop.
+    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def error_event_data(exc: Exception) -> dict[str, Any]:
+    """The error of a stream that has already started (its status line is sent): logged, then told as data."""
+    if isinstance(exc, FinragError):
+        if exc.status_code >= 500:
+            log.error("stream failed: %s: %s", exc.code, exc.message)
+        return {"error": exc.code, "detail": exc.message, "status": exc.status_code}
+    log.exception("stream failed")  # the client gets no internals, as with any unexpected error
+    return {"error": "internal_error", "detail": "the answer failed midway; the server log says why", "status": 500}
+
+
+# --- chat ------------------------------------------------------------------------------------------------------
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"example": 'event: token\ndata: {"text": " Net"}\n\n'
+                                                       'event: done\ndata: {"answer_id": "…", "answer": "…", …}\n\n'}},
+          "description": "The answer (JSON), or with `stream: true` Server-Sent Events: `token`… then `done`."},
+}
+
+
+@router.post("/v1/chat", response_model=ChatResponse, responses=_SSE_DOC, tags=["chat"])
+def chat(body: ChatRequest, request: Request) -> ChatResponse | StreamingResponse:
+    """Answer a question from the indexed documents, citing sources as [n]; `stream: true` streams it (SSE)."""
+    events = chat_service(request).stream(
+        body.question, collection=body.collection, filters=body.filters, top_k=body.top_k,
+        conversation_id=body.conversation_id, model=body.model,
     )
+    if not body.stream:
+        return ChatResponse.of(final(events))
+    return event_stream(_chat_events(started(events)))
+
+
+def _chat_events(events: Iterator[str | RecordedAnswer]) -> Iterator[str]:
+    """`token` events with the model's raw text, then `done` with the whole response; or `error`, and the end."""
+    try:
+        for event in events:
+            if isinstance(event, str):
+                yield sse(json.dumps({"text": event}), "token")
+            else:
+                yield sse(ChatResponse.of(event).model_dump_json(), "done")
+    except Exception as exc:  # the status line is sent: the error can only be told in the stream
+        data = error_event_data(exc)
+        yield sse(json.dumps({"error": data["error"], "detail": data["detail"]}), "error")
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, status_code=status.HTTP_201_CREATED,
              tags=["feedback"])
 def post_feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     """Rate an answer thumbs-up or thumbs-down, with an optional comment."""
-    feedback_id = FeedbackLog(_components(request).engine).add(body.answer_id, body.rating, body.comment)
+    feedback_id = FeedbackLog(components_of(request).engine).add(body.answer_id, body.rating, body.comment)
     return FeedbackResponse(feedback_id=feedback_id, answer_id=body.answer_id, rating=body.rating)
 
 
 @router.get("/v1/collections", response_model=list[CollectionOut], tags=["collections"])
 def list_collections(request: Request) -> list[CollectionOut]:
-    comp = _components(request)
+    comp = components_of(request)
     with comp.engine.connect() as conn:
         counts: dict[str, int] = dict(conn.execute(
             sa.select(documents.c.collection, sa.func.count()).group_by(documents.c.collection)
@@ -78,7 +139,7 @@ def list_collections(request: Request) -> list[CollectionOut]:
 @router.get("/health", response_model=HealthResponse, tags=["health"])
 def health(request: Request, response: Response) -> HealthResponse:
     """Each component's state. 200 when all are ready, 503 otherwise."""
-    comp = _components(request)
+    comp = components_of(request)
     checks: dict[str, ComponentHealth] = {}
 
     def check(name: str, probe: object) -> None:

@@ -17,7 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from . import __version__
 from .api import router
 from .components import Components
+from .conversations_api import router as conversations_router
 from .errors import FinragError
+from .openai_api import router as openai_router
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.state.components = components
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(conversations_router)
+    app.include_router(openai_router)  # its errors take OpenAI's shape
 
     @app.exception_handler(FinragError)
     async def finrag_error(_request: Request, exc: FinragError) -> JSONResponse:

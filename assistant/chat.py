@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .answering import Answer, Answerer
-from .conversations import Conversations, Rewriter, Turn
+from .conversations import Conversations, Turn
 from .errors import BadRequest
 from .llm import LLM
 from .records import AnswerLog
+from .rewriting import Rewriter
 from .store import Filters, build_filter
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class ChatService:
     def __init__(
         self, answerer: Answerer, log_: AnswerLog, *, default_collection: str, max_question_chars: int,
         conversations: Conversations | None = None, rewriter: Rewriter | None = None,
-        llm_for: LLMPicker | None = None,
+        llm_for: LLMPicker | None = None, history_turns: int = 20,
     ):
         self.answerer = answerer
         self.answers = log_
@@ -49,6 +50,7 @@ class ChatService:
         self.conversations = conversations
         self.rewriter = rewriter
         self.llm_for = llm_for
+        self.history_turns = history_turns
 
     def ask(
         self, question: str, *, collection: str | None = None, filters: Filters | None = None,
@@ -86,7 +88,7 @@ class ChatService:
         turns: list[Turn] = list(history or [])
         if self.conversations is not None:
             if conversation_id:
-                turns = self.conversations.history(conversation_id) + turns
+                turns = self.conversations.history(conversation_id, limit=self.history_turns) + turns
             else:
                 conversation_id = self.conversations.start(collection)
         llm = self.llm_for(model, collection) if self.llm_for is not None else None
@@ -101,7 +103,7 @@ class ChatService:
         rewrite_ms = 0
         if turns and self.rewriter is not None:
             t = time.perf_counter()
-            standalone = self.rewriter.rewrite(question, turns).question
+            standalone = self.rewriter.rewrite(question, turns, collection).question
             rewrite_ms = int((time.perf_counter() - t) * 1000)
             if standalone != question:
                 log.info("follow-up rewritten in %d ms: %r -> %r", rewrite_ms, question, standalone)

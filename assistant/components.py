@@ -6,26 +6,33 @@ Each component is built on first use, so a retrieval-only command never loads th
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
 import sqlalchemy as sa
 
 from .answering import Answerer
+from .chat import ChatService
+from .conversations import Conversations
 from .db import connect
 from .edge_store import EdgeStore
 from .embedding import Embedder, SentenceTransformerEmbedder
-from .errors import ComponentUnavailable
+from .errors import BadRequest, ComponentUnavailable
 from .llm import LLM, LlamaCppLLM, OllamaLLM
-from .models import require_model
+from .models import REGISTRY, require_model
 from .query import Facets, Inference, collection_facets
+from .records import AnswerLog
 from .rerank import CrossEncoderReranker, Reranker
 from .retrieval import RetrievalMode, Retriever
+from .rewriting import Rewriter
 from .settings import Settings
 from .sparse import BM25Encoder
 from .store import Fusion, QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
+
+_OLLAMA_TAG = re.compile(r"ollama:[A-Za-z0-9][\w.\-/]*(?::[\w.\-]+)?")
 
 
 class Components:
@@ -90,6 +97,8 @@ class Components:
         """The generator for a request: `model` if given, else the collection's (LLM_COLLECTION_MODELS), else
         the default. A model is a registry name or .gguf path (embedded), or `ollama:TAG` (the Ollama
         server at OLLAMA_HOST). Each is loaded once and shared."""
+        if model is not None:
+            self.check_model_name(model)
         spec = model or self.settings.llm.collection_models.get(collection or "", None)
         if not spec or spec == self.default_llm_spec:
             return self.llm
@@ -100,18 +109,28 @@ class Components:
                 self._llms[spec] = cached
             return cached
 
+    def check_model_name(self, model: str) -> None:
+        """A request may name a registered embedded model, an Ollama tag or a model the settings configure;
+        never a file path of its own (that would let clients load arbitrary files)."""
+        configured = {self.default_llm_spec, *self.settings.llm.collection_models.values()}
+        if model in REGISTRY or model in configured or _OLLAMA_TAG.fullmatch(model):
+            return
+        raise BadRequest(f"unknown model {model!r}; use one of {sorted(REGISTRY)} or ollama:TAG")
+
     @property
     def default_llm_spec(self) -> str:
         s = self.settings.llm
         return f"ollama:{self.settings.ollama.model}" if s.backend == "ollama" else s.model
 
     def _build_llm(self, spec: str) -> LLM:
-        s = self.settings.llm
+        s, o = self.settings.llm, self.settings.ollama
         if spec.startswith("ollama:"):
-            return OllamaLLM(self.settings.ollama.host, spec.removeprefix("ollama:"), timeout_s=s.timeout_s)
+            return OllamaLLM(o.host, spec.removeprefix("ollama:"), timeout_s=s.timeout_s,
+                             connect_timeout_s=o.connect_timeout_s, keep_alive=o.keep_alive,
+                             context_tokens=o.context_tokens)
         path = require_model(self.settings.models_dir, spec)
         return LlamaCppLLM(path, name=spec, threads=s.threads, context_tokens=s.context_tokens,
-                           timeout_s=s.timeout_s)
+                           timeout_s=s.timeout_s, queue_timeout_s=s.queue_timeout_s)
 
     @property
     def llm_loaded(self) -> bool:
@@ -179,7 +198,19 @@ class Components:
     def answerer(self) -> Answerer:
         return Answerer(
             retriever=self.retriever, llm_factory=lambda: self.llm, retrieval=self.settings.retrieval,
-            llm_settings=self.settings.llm,
+            llm_settings=self.settings.llm, grounding=self.settings.grounding,
+        )
+
+    def chat_service(self) -> ChatService:
+        """The chat service over these components: answers recorded, conversations kept, follow-ups rewritten."""
+        s = self.settings
+        conv = s.conversation
+        rewriter = Rewriter(conv.rewrite, llm_factory=lambda: self.llm_for(conv.rewrite_model),
+                            facets=self.facets, max_tokens=conv.rewrite_max_tokens)
+        return ChatService(
+            self.answerer, AnswerLog(self.engine, self.embedder.name), default_collection=s.collection,
+            max_question_chars=s.max_question_chars, conversations=Conversations(self.engine), rewriter=rewriter,
+            llm_for=self.llm_for, history_turns=conv.history_turns,
         )
 
     def close(self) -> None:

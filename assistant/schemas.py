@@ -1,16 +1,27 @@
-"""Request and response bodies of the HTTP API."""
+"""Request and response bodies of the HTTP API: the native `/v1/chat` API, then the OpenAI-compatible one."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StrictStr
+
+if TYPE_CHECKING:
+    from .answering import Citation
+    from .chat import RecordedAnswer
+
+FilterValues = dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]]
+GENERATOR_HELP = (
+    "Generator to answer with instead of the collection's or the server's default: an embedded model name "
+    "(`python -m assistant.models list`, e.g. qwen2.5-coder-0.5b-instruct) or `ollama:TAG`."
+)
 
 
 class ChatRequest(BaseModel):
     question: str = Field(min_length=1, description="The question, in natural language.")
     collection: str | None = Field(default=None, description="Collection to search (default: the server's).")
-    filters: dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]] | None = Field(
+    filters: FilterValues | None = Field(
         default=None,
         description="Payload filters, all must hold: e.g. {\"source\": \"2023 Q3 AAPL.pdf\"}, "
         "{\"ticker\": \"AAPL\", \"fiscal_year\": 2023, \"fiscal_quarter\": \"Q3\"}, {\"doc_kind\": \"10-Q\"} or "
@@ -19,6 +30,18 @@ class ChatRequest(BaseModel):
         "quarters (\"2023-Q3\"), family, section, title.",
     )
     top_k: int | None = Field(default=None, ge=1, le=50, description="Number of sources to retrieve.")
+    conversation_id: str | None = Field(
+        default=None, min_length=1,
+        description="Continue this conversation (from an earlier response): the question may then be a follow-up "
+        "(\"and in 2022?\"), rewritten into a standalone question before retrieval.",
+    )
+    model: str | None = Field(default=None, description=GENERATOR_HELP)
+    stream: bool = Field(
+        default=False,
+        description="Answer as Server-Sent Events: `token` events ({\"text\"}, the model's raw text as it is "
+        "generated), then one `done` event whose data is the full response (its `answer` is the checked text), or "
+        "an `error` event ({\"error\", \"detail\"}) if generation fails midway.",
+    )
 
 
 class CitationOut(BaseModel):
@@ -29,6 +52,10 @@ class CitationOut(BaseModel):
     snippet: str
     score: float
     point_id: str
+
+    @classmethod
+    def of(cls, citation: Citation) -> CitationOut:
+        return cls(**asdict(citation))
 
 
 class ChatResponse(BaseModel):
@@ -45,6 +72,42 @@ class ChatResponse(BaseModel):
     model: str
     prompt_version: str
     latency_ms: int
+    conversation_id: str | None = Field(
+        default=None, description="Pass it back as `conversation_id` to ask a follow-up question."
+    )
+    standalone_question: str | None = Field(
+        default=None, description="The follow-up question rewritten to stand alone (what retrieval and the model "
+        "answered); null when the question was used as asked.",
+    )
+    timings_ms: dict[str, int] = Field(default_factory=dict, description="Milliseconds per pipeline stage.")
+    unsupported_numbers: list[str] = Field(
+        default_factory=list,
+        description="Figures of the answer that no cited source states or gives by simple arithmetic (also "
+        "named in `warnings`).",
+    )
+    calculation: dict[str, Any] | None = Field(
+        default=None,
+        description="For questions that need arithmetic: the calculation the model wrote over quoted figures and "
+        "the value the product computed, {\"expression\", \"value\", \"error\"}.",
+    )
+    closest_sources: list[CitationOut] = Field(
+        default_factory=list,
+        description="With a refusal: the nearest sources found, to check by hand (they did not answer).",
+    )
+
+    @classmethod
+    def of(cls, result: RecordedAnswer) -> ChatResponse:
+        a = result.answer
+        standalone = result.standalone_question
+        rewritten = standalone and standalone.split() != result.question.split()  # not just respaced
+        return cls(
+            answer_id=result.answer_id, answer=a.answer, citations=[CitationOut.of(c) for c in a.citations],
+            refused=a.refused, inferred_filters=a.inferred_filters, warnings=a.warnings, model=a.model,
+            prompt_version=a.prompt_version, latency_ms=result.latency_ms, conversation_id=result.conversation_id,
+            standalone_question=standalone if rewritten else None, timings_ms=a.timings_ms,
+            unsupported_numbers=a.unsupported_numbers, calculation=a.calculation,
+            closest_sources=[CitationOut.of(c) for c in a.closest],
+        )
 
 
 class FeedbackRequest(BaseModel):
@@ -73,3 +136,105 @@ class CollectionOut(BaseModel):
     name: str
     chunks: int
     documents: int
+
+
+# --- the OpenAI-compatible API (/v1/models, /v1/chat/completions) -------------------------------------------
+
+
+class ModelOut(BaseModel):
+    id: str = Field(description="A collection name: pass it as `model`.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the collection's first document was indexed (0 if unknown).")
+    owned_by: str = "finrag"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+class ContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class MessageIn(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions request. Fields it has that finrag does not use are ignored."""
+
+    model: str = Field(description="The collection to answer from (GET /v1/models lists them).")
+    messages: list[MessageIn] = Field(
+        min_length=1, description="The last message is the question (role user); earlier user/assistant pairs are "
+        "the conversation so far; system messages are ignored (the answering prompt is the server's).",
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, description="Accepted; the server's LLM_MAX_TOKENS applies.")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="Accepted, as max_tokens.")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Accepted; LLM_TEMPERATURE applies.")
+    filters: FilterValues | None = Field(default=None, description="As in POST /v1/chat.")
+    top_k: int | None = Field(default=None, ge=1, le=50, description="Number of sources to retrieve.")
+    generator: str | None = Field(default=None, description=GENERATOR_HELP)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop"] = "stop"
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class FinragExtras(BaseModel):
+    """What /v1/chat says beyond the answer, for clients that know finrag."""
+
+    answer: str = Field(description="The checked answer without the Sources list (streamed deltas are the "
+                        "model's raw text; this is what was recorded).")
+    model: str = Field(description="The generator that answered.")
+    prompt_version: str
+    latency_ms: int
+    conversation_id: str | None
+    standalone_question: str | None
+    inferred_filters: dict[str, Any] | None
+    timings_ms: dict[str, int]
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's `chat.completion`, plus finrag's structured fields at the top level."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage = Field(description="Zeros: the LLM seam yields text, not token counts.")
+    system_fingerprint: str | None = Field(default=None, description="The answering prompt's version.")
+    answer_id: str = Field(description="Rate it with POST /v1/feedback.")
+    citations: list[CitationOut]
+    warnings: list[str]
+    refused: bool
+    finrag: FinragExtras

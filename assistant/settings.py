@@ -73,7 +73,15 @@ class LLMSettings(_Section):
     context_tokens: int = Field(default=4096, ge=512, description="Context window of the embedded LLM.")
     max_tokens: int = Field(default=320, ge=16, description="Most tokens generated for one answer.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
-    timeout_s: float = Field(default=180.0, description="Timeout of one generation, in seconds.")
+    timeout_s: float = Field(
+        default=180.0, gt=0,
+        description="Timeout of one generation, in seconds (Ollama: also the longest wait for any one read).",
+    )
+    queue_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="Embedded LLM: longest wait, in seconds, for the model while other answers are generated "
+        "(one at a time, first come first served); past it the request fails with 503 'busy'.",
+    )
     collection_models: dict[str, str] = Field(
         default_factory=dict,
         description="Generator per collection, as JSON: {\"filings\": \"ollama:qwen2.5:7b-instruct\"}. A model is "
@@ -86,6 +94,30 @@ class OllamaSettings(_Section):
 
     host: str = Field(default="http://127.0.0.1:11434", description="Ollama server URL.")
     model: str = Field(default="qwen2.5:7b-instruct", description="Ollama model tag to answer with.")
+    keep_alive: str = Field(
+        default="30m",
+        description="How long Ollama keeps the model loaded after an answer, sent with every chat: a duration "
+        "(30m, 1h), seconds (300), 0 (unload at once) or -1 (keep loaded).",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0,
+        description="Longest wait, in seconds, to connect to Ollama (a down server fails fast); reads wait "
+        "LLM_TIMEOUT_S.",
+    )
+    context_tokens: int = Field(
+        default=8192, ge=512,
+        description="Context window used with Ollama, sent as num_ctx; prompts are packed to fit it.",
+    )
+
+    @model_validator(mode="after")
+    def _keep_alive_is_a_duration(self) -> OllamaSettings:
+        from .llm import keep_alive_value
+
+        try:
+            keep_alive_value(self.keep_alive)
+        except ValueError as exc:
+            raise ValueError(f"OLLAMA_KEEP_ALIVE: {exc}") from None
+        return self
 
 
 class RetrievalSettings(_Section):
@@ -116,8 +148,14 @@ class RetrievalSettings(_Section):
         description="Dense cosine score under which the nearest chunk counts as no evidence: the assistant "
         "then says the documents do not contain the answer instead of asking the LLM.",
     )
+    context_tokens: int = Field(
+        default=1500, ge=100,
+        description="Most tokens of source text put into one prompt (counted with the model's tokenizer; also "
+        "capped by its context window less LLM_MAX_TOKENS). Prompt processing dominates answer time on a CPU.",
+    )
     context_chars: int = Field(
-        default=6000, ge=500, description="Most characters of source text put into one prompt."
+        default=6000, ge=500,
+        description="Most characters of source text in one prompt, for generators that cannot count tokens.",
     )
 
 
@@ -144,6 +182,39 @@ class RerankSettings(_Section):
         description="Tokens of question + passage it reads (default: what the model was trained with).",
     )
     threads: int = Field(default=2, ge=1, description="Torch CPU threads for reranking.")
+
+
+class GroundingSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="GROUNDING_", env_file=ENV_FILE, extra="ignore")
+
+    require_coverage: bool = Field(
+        default=True,
+        description="Refuse when a name the question depends on (a company, regulator, place, year or rule "
+        "number) appears in none of the retrieved chunks nor the collection's document names (assistant/"
+        "coverage.py), instead of letting the LLM answer from a document about something else.",
+    )
+    refuse_unsupported: bool = Field(
+        default=True,
+        description="Refuse, showing the closest sources, when every figure of the model's answer is absent from "
+        "(and not computable from) the sources it cites and no other cited statement remains: an answer made of "
+        "invented figures is withheld.",
+    )
+
+
+class ConversationSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="CONVERSATION_", env_file=ENV_FILE, extra="ignore")
+
+    rewrite: Literal["rules", "llm", "off"] = Field(
+        default="rules",
+        description="How follow-ups become standalone questions: 'rules' (carry over company, period, rule; "
+        "relative periods moved; under 1 ms), 'llm' (also ask the generator when the rules leave a reference "
+        "unresolved; seconds on a CPU) or 'off'.",
+    )
+    rewrite_model: str | None = Field(
+        default=None, description="Generator for 'llm' rewriting (registry name or ollama:TAG); default: the LLM's."
+    )
+    rewrite_max_tokens: int = Field(default=60, ge=16, description="Most tokens of an LLM rewrite.")
+    history_turns: int = Field(default=20, ge=1, description="Stored turns of a conversation read per question.")
 
 
 class ChunkingSettings(_Section):
@@ -192,6 +263,8 @@ class Settings(_Section):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
+    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
+    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -233,5 +306,5 @@ class Settings(_Section):
 
 _SECTIONS = (
     StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings,
-    RerankSettings, Settings,
+    RerankSettings, GroundingSettings, ConversationSettings, Settings,
 )

@@ -49,7 +49,7 @@ FEES_Q = "In which currency must fees payable to the Regulator be paid?"
 FEES_RULE = "1.2.5"
 OFF_TOPIC_Q = "What is the boiling point of mercury in Kelvin?"
 NO_SOURCE_WARNING = "cites no source"
-PROMPT = load_prompt("answer_v1")
+PROMPT = load_prompt("answer_v2")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def check_citations(body: dict[str, Any], row: dict[str, Any]) -> None:
 
 def check_refused(body: dict[str, Any]) -> None:
     assert body["refused"] is True, body
-    assert body["answer"] == REFUSAL_TEXT
+    assert body["answer"].startswith(REFUSAL_TEXT)
     assert body["citations"] == []
 
 
@@ -211,6 +211,17 @@ def test_off_topic_question_is_refused(off_topic: dict[str, Any], engine: sa.Eng
     assert nearest[0].score < sample_index.settings.retrieval.min_score, nearest
     assert row["refused"] is True and row["model"] == "evidence-gate"
     assert "generate" not in row["timings"]  # the evidence gate answered; the LLM was not asked
+    closest = off_topic["closest_sources"]  # a refusal shows the nearest sources to check by hand
+    assert 1 <= len(closest) <= 3 and closest[0]["point_id"] == row["retrieved"][0]["point_id"]
+
+
+def test_question_about_an_unindexed_company_is_refused_without_the_llm(client: TestClient,
+                                                                         engine: sa.Engine) -> None:
+    body = ask(client, "What were Tesla's total net sales in the quarter ended July 1, 2023?")
+    check_refused(body)
+    assert "Tesla" in body["answer"] and body["closest_sources"]
+    row = answer_row(engine, body["answer_id"])
+    assert row["model"] == "coverage" and "generate" not in row["timings"]
 
 
 # --- /v1/chat: filters ------------------------------------------------------------------------------------
@@ -436,8 +447,11 @@ def test_ollama_backend_answers_through_the_app(fake_ollama: FakeOllama, sample_
     body = ask(client, APPLE_Q)
     assert type(components.llm).__name__ == "OllamaLLM"
     assert body["model"] == f"ollama:{DEFAULT_MODEL}"
-    assert not body["refused"] and body["warnings"] == []
+    assert not body["refused"]
     assert body["answer"].startswith("According to the filing, the answer is in the first source [1].")
+    # the fake's second sentence ("The question had N words.") states a figure no source gives, uncited
+    assert [w.split(":")[0] for w in body["warnings"]] == [
+        "1 sentence(s) with figures cite no source", "figures not found in (or computable from) the cited sources"]
     row = answer_row(engine, body["answer_id"])
     assert row["model"] == f"ollama:{DEFAULT_MODEL}"
     [citation] = body["citations"]

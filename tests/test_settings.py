@@ -10,7 +10,7 @@ import pytest
 from assistant.settings import _SECTIONS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
-NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking", "rerank"}
+NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking", "rerank", "conversation", "grounding"}
 
 
 def all_variables() -> set[str]:
