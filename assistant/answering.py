@@ -27,6 +27,7 @@ from .sources import (
     ANSWER_REMINDER,
     Citation,
     attribute_figures,
+    attribute_statements,
     build_messages,
     extract_citations,
     make_citation,
@@ -239,6 +240,11 @@ class Answerer:
         if added:
             warnings.append("citations were added where the answer's figures appear verbatim in a source")
             cited.extend(n for n in added if n not in cited)
+        text, matched = attribute_statements(text, hits[:shown])
+        if matched:
+            warnings.append("citations were added to sentences the model left uncited, from the source holding "
+                            "most of their words")
+            cited.extend(n for n in matched if n not in cited)
         if dropped:
             log.warning("dropped citations to missing sources: %s", dropped)
             warnings.append(f"removed citations to sources that do not exist: {sorted(set(dropped))}")

@@ -3,7 +3,8 @@
 - `render_messages`: system prompt + one user message with `[n] (file, title, pages, section)` blocks.
 - `source_texts`: the sources that fit a character budget (`assistant.packing` fits a token budget).
 - `extract_citations`: keep `[n]` marks that point to a shown source, drop the others.
-- `attribute_figures` / `sources_of`: cite, for uncited figures, the best-ranked source printing them.
+- `attribute_figures` / `sources_of`: cite, for uncited figures, the best-ranked source printing them;
+  `attribute_statements`: for uncited sentences, the source holding most of their content words.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from .chunks import ScoredChunk
 from .llm import Message
 from .prompts import Prompt
+from .sparse import BM25Encoder
 
 _CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 SNIPPET_CHARS = 400
@@ -137,6 +139,39 @@ def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list
             if source not in cited:
                 cited.append(source)
         out.append(sentence)
+    return "".join(out), cited
+
+
+MIN_SHARED_WORDS = 4  # content words a sentence must share with a source to be attributed to it
+MIN_OVERLAP = 0.5  # and the share of its content words the source holds
+_TOKENS = BM25Encoder()  # the same stemmed content words as BM25
+
+
+def attribute_statements(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list[int]]:
+    """Cite, for each uncited sentence or list item, the shown source holding most of its content words.
+
+    Small models often answer a regulation question in several sentences and cite none. A sentence whose
+    stemmed content words are mostly (`MIN_OVERLAP`, at least `MIN_SHARED_WORDS`) found in one source is
+    attributed to the best such source; the others stay uncited. Lines and sentences keep their layout.
+    """
+    vocab = [set(_TOKENS.tokens(hit.chunk.text)) for hit in hits]
+    cited: list[int] = []
+    out = []
+    for part in re.split(r"((?<=[.!?:;])\s+|\n+)", text):  # odd items: the separators, kept
+        words = set(_TOKENS.tokens(part)) if part and not part.isspace() else set()
+        if len(words) < MIN_SHARED_WORDS or _CITE.search(part):
+            out.append(part)
+            continue
+        shared = [len(words & v) for v in vocab]
+        best = max(range(len(vocab)), key=lambda i: (shared[i], -i), default=None)
+        if best is None or shared[best] < MIN_SHARED_WORDS or shared[best] < MIN_OVERLAP * len(words):
+            out.append(part)
+            continue
+        stripped = part.rstrip()
+        end = len(stripped) - 1 if stripped.endswith((".", "!", "?", ":", ";")) else len(stripped)
+        out.append(f"{stripped[:end]} [{best + 1}]{stripped[end:]}{part[len(stripped):]}")
+        if best + 1 not in cited:
+            cited.append(best + 1)
     return "".join(out), cited
 
 

@@ -17,6 +17,7 @@ RESULTS=${EVAL_RESULTS:-eval/results}
 STEPS=${EVAL_STEPS:-retrieval answers}
 TATQA_SAMPLE=${TATQA_SAMPLE:-80}     # TAT-QA answers: a fixed seeded sample (the 1.5B model needs ~40-70 s a question)
 SEC10Q_SAMPLE=${SEC10Q_SAMPLE:-20}   # sec-10q answers: likewise
+ADGM_SAMPLE=${ADGM_SAMPLE:-30}       # ADGM answers (held-out split): likewise
 SEED=${SEED:-0}
 export HF_HUB_OFFLINE=1
 
@@ -84,9 +85,20 @@ if [[ " $STEPS " == *" retrieval "* ]]; then
 fi
 
 if [[ " $STEPS " == *" answers "* ]]; then
+    # Refusal checks (no LLM): how often each would refuse answerable (train split) and unanswerable questions.
+    QDRANT_PATH="$WORK/sec10q/index" "$PY" -m eval calibrate-refusal "$SEC10Q" eval/sets/sec10q-unanswerable.jsonl \
+        --collection sec10q --sample 300 --rerank > "$RESULTS/refusal-calibration-sec10q.md"
+    QDRANT_PATH="$WORK/adgm/index" "$PY" -m eval calibrate-refusal "$OBLIQA" eval/sets/adgm-unanswerable.jsonl \
+        --collection adgm --sample 300 --rerank > "$RESULTS/refusal-calibration-adgm.md"
     run tatqa "tatqa-dev-answers" "$TATQA" --answers --context evidence --sample "$TATQA_SAMPLE" --seed "$SEED"
-    run sec10q "sec10q-unanswerable" eval/sets/sec10q-unanswerable.jsonl --answers
-    run adgm "adgm-unanswerable" eval/sets/adgm-unanswerable.jsonl --answers
+    for set in sec10q-unanswerable sec10q-unanswerable-heldout; do
+        run sec10q "$set" "eval/sets/$set.jsonl" --answers
+    done
+    for set in adgm-unanswerable adgm-unanswerable-heldout; do
+        run adgm "$set" "eval/sets/$set.jsonl" --answers
+    done
+    # Answers to held-out ADGM questions as users get them: do they cite a gold rule (citation_hit)?
+    run adgm "adgm-test30-answers" "$OBLIQA" --answers --split test --sample "$ADGM_SAMPLE" --seed "$SEED"
     run sec10q "sec10q-answers" "$SEC10Q" --answers --sample "$SEC10Q_SAMPLE" --seed "$SEED"
     run tatqa "tatqa-dev-judge" "$TATQA" --answers --context evidence --judge --sample 8 --seed 1
 fi

@@ -302,6 +302,13 @@ def test_bad_top_k_is_422(client: TestClient, top_k: Any) -> None:
     assert response.json()["detail"].startswith("top_k:")
 
 
+@pytest.mark.parametrize("model", ["/etc/passwd.gguf", "../data/models/other.gguf", "gpt-5"])
+def test_request_may_not_name_arbitrary_models(client: TestClient, model: str) -> None:
+    response = client.post("/v1/chat", json={"question": "What were net sales?", "model": model})
+    assert response.status_code == 422, response.text
+    assert "unknown model" in response.json()["detail"]
+
+
 def test_unknown_collection_is_404(client: TestClient) -> None:
     response = client.post("/v1/chat", json={"question": APPLE_Q, "collection": "no-such-collection"})
     assert response.status_code == 404

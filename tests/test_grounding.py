@@ -16,6 +16,7 @@ from assistant.grounding import uncited_claims, unsupported_numbers
 from assistant.prompts import load_prompt
 from assistant.query import DocumentFacets, Facets, collection_facets
 from assistant.settings import GroundingSettings, LLMSettings
+from assistant.sources import attribute_statements
 
 TABLE = ("Total net sales (three months ended July 1, 2023) 81,797 (three months ended June 25, 2022) 82,959 "
          "(in millions)")
@@ -188,3 +189,18 @@ def test_answers_stream_as_generated_but_calculations_only_when_computed() -> No
     final = calc[-1]
     assert isinstance(final, Answer) and [e for e in calc if isinstance(e, str)] == [final.answer]
     assert "CALC" not in final.answer and "-1.40%" in final.answer
+
+
+def test_uncited_sentences_are_attributed_to_the_source_holding_their_words() -> None:
+    fees = hit("Fees are payable in US dollars within 30 days of the invoice.", 1)
+    staff = hit("An Authorised Person must ensure that personnel involved in Virtual Asset activities are "
+                "competent and trained to the required standards.", 2)
+    text, cited = attribute_statements(
+        "Personnel involved in Virtual Assets must be trained and competent to required standards. "
+        "This matters.\n1. Fees are payable in dollars within days.", [fees, staff])
+    assert cited == [2, 1]
+    assert text == ("Personnel involved in Virtual Assets must be trained and competent to required standards [2]. "
+                    "This matters.\n1. Fees are payable in dollars within days [1].")
+    # a sentence no source holds most of stays uncited
+    assert attribute_statements("Directors should meet quarterly to review strategy.", [fees, staff]) == (
+        "Directors should meet quarterly to review strategy.", [])
