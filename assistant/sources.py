@@ -142,8 +142,9 @@ def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list
     return "".join(out), cited
 
 
-MIN_SHARED_WORDS = 4  # content words a sentence must share with a source to be attributed to it
-MIN_OVERLAP = 0.5  # and the share of its content words the source holds
+MIN_SHARED_WORDS = 3  # content words a sentence must share with a source to be attributed to it
+MIN_OVERLAP = 0.4  # and the share of its content words the source holds
+MIN_ANSWER_WORDS = 5  # an answer citing nothing: content words the whole answer must share with its source
 _TOKENS = BM25Encoder()  # the same stemmed content words as BM25
 
 
@@ -172,7 +173,24 @@ def attribute_statements(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, l
         out.append(f"{stripped[:end]} [{best + 1}]{stripped[end:]}{part[len(stripped):]}")
         if best + 1 not in cited:
             cited.append(best + 1)
+    if not cited and not _CITE.search(text):
+        return _attribute_answer(text, vocab)
     return "".join(out), cited
+
+
+def _attribute_answer(text: str, vocab: Sequence[set[str]]) -> tuple[str, list[int]]:
+    """An answer that cites nothing and no sentence of which matches one source: its first sentence cites
+    the source sharing most of the whole answer's content words (ties: the better-ranked)."""
+    words = set(_TOKENS.tokens(text))
+    shared = [len(words & v) for v in vocab]
+    best = max(range(len(vocab)), key=lambda i: (shared[i], -i), default=None)
+    if best is None or shared[best] < MIN_ANSWER_WORDS:
+        return text, []
+    parts = re.split(r"((?<=[.!?:;])\s+|\n+)", text, maxsplit=1)
+    first, sep, rest = parts[0], "".join(parts[1:2]), "".join(parts[2:])
+    stripped = first.rstrip()
+    end = len(stripped) - 1 if stripped.endswith((".", "!", "?", ":", ";")) else len(stripped)
+    return f"{stripped[:end]} [{best + 1}]{stripped[end:]}{sep}{rest}", [best + 1]
 
 
 def sources_of(figures: Sequence[str], hits: Sequence[ScoredChunk]) -> list[int]:

@@ -201,6 +201,11 @@ def test_uncited_sentences_are_attributed_to_the_source_holding_their_words() ->
     assert cited == [2, 1]
     assert text == ("Personnel involved in Virtual Assets must be trained and competent to required standards [2]. "
                     "This matters.\n1. Fees are payable in dollars within days [1].")
-    # a sentence no source holds most of stays uncited
+    # a sentence no source holds enough of stays uncited
     assert attribute_statements("Directors should meet quarterly to review strategy.", [fees, staff]) == (
         "Directors should meet quarterly to review strategy.", [])
+    # an answer citing nothing, no sentence of which matches: the source sharing most of its words, once
+    text, cited = attribute_statements(
+        "Firms train people. Competent personnel matter. Virtual assets count. Standards apply.", [fees, staff])
+    assert (text, cited) == (
+        "Firms train people [2]. Competent personnel matter. Virtual assets count. Standards apply.", [2])
