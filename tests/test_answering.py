@@ -213,9 +213,13 @@ def test_finish_warns_about_dropped_citations(answerer: Answerer) -> None:
 
 def test_finish_only_dropped_citations_warns_twice(answerer: Answerer) -> None:
     answer = answerer.finish("Fees are paid in USD [4].", [APPLE, FEES], "m", {})
-    assert answer.citations == []
-    assert answer.answer == "Fees are paid in USD."
-    assert len(answer.warnings) == 2
+    # the citation to a source that does not exist goes; the source holding the sentence's words is cited
+    assert [c.n for c in answer.citations] == [2]
+    assert answer.answer == "Fees are paid in USD [2]."
+    assert len(answer.warnings) == 2 and "removed citations" in " ".join(answer.warnings)
+    unmatched = answerer.finish("Directors meet quarterly [4].", [APPLE, FEES], "m", {})
+    assert unmatched.citations == [] and unmatched.answer == "Directors meet quarterly."
+    assert len(unmatched.warnings) == 2  # removed citations; cites no source
 
 
 @pytest.mark.parametrize("raw", ["NOT_FOUND", "", "Not found."])
