@@ -18,6 +18,7 @@ from .chunks import ScoredChunk
 from .coverage import missing_terms
 from .grounding import checked_numbers, has_cited_statement, uncited_claims, unsupported_numbers
 from .llm import LLM, Message, estimate_tokens
+from .numbers import find_numbers, same_number
 from .packing import pack_sources
 from .prompts import Prompt, load_prompt
 from .query import Facets
@@ -235,11 +236,15 @@ class Answerer:
                 computed += [float(x) for x in numbers_of(worked.expression or "") if x.isdigit() and int(x) <= 100]
                 if worked.error:
                     warnings.append(f"the calculation could not be computed: {worked.error}")
+                withheld = self._unverified_calculation(worked.expression, worked.error, hits[:shown])
+                if withheld is not None and self.grounding.refuse_unsupported:
+                    return self._withhold(withheld, worked.text, hits, model, prompt, timings, calculation)
         text, cited, dropped = extract_citations(raw, shown)
         text, added = attribute_figures(text, hits[:shown])
         if added:
             warnings.append("citations were added where the answer's figures appear verbatim in a source")
             cited.extend(n for n in added if n not in cited)
+        model_cited = has_cited_statement(text)  # a statement the model itself cited, without figures
         text, matched = attribute_statements(text, hits[:shown])
         if matched:
             warnings.append("citations were added to sentences the model left uncited, from the source holding "
@@ -258,18 +263,38 @@ class Answerer:
         cited_texts = [hits[n - 1].chunk.text for n in cited] or [h.chunk.text for h in hits[:shown]]
         unsupported = unsupported_numbers(text, cited_texts, computed)
         if (unsupported and self.grounding.refuse_unsupported and not checked_numbers(text, unsupported)
-                and not has_cited_statement(text)):
-            log.info("withholding an answer whose figures no source gives: %s", unsupported)
-            closest = [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
-            return Answer(f"{REFUSAL_TEXT} The model's answer stated figures that none of the sources gives.",
-                          [], list(hits), True, model, prompt.version, timings,
-                          [f"withheld answer with unsupported figures {', '.join(unsupported)}: {text[:300]}"],
-                          unsupported_numbers=unsupported, closest=closest)
+                and not model_cited):
+            reason = f"stated figures that none of the sources gives ({', '.join(unsupported)})"
+            answer = self._withhold(reason, text, hits, model, prompt, timings, calculation)
+            answer.unsupported_numbers = unsupported
+            return answer
         if unsupported:
             warnings.append("figures not found in (or computable from) the cited sources: " + ", ".join(unsupported))
         citations = [make_citation(n, hits[n - 1]) for n in cited]
         return Answer(text, citations, list(hits), False, model, prompt.version, timings, warnings,
                       unsupported_numbers=unsupported, calculation=calculation)
+
+
+    @staticmethod
+    def _unverified_calculation(expression: str | None, error: str | None,
+                                hits: Sequence[ScoredChunk]) -> str | None:
+        """Why a calculation's result cannot be trusted, or None: it failed, or it uses a figure (other than a
+        formula constant such as 100 or 2) that no shown source prints."""
+        if error:
+            return f"wrote a calculation that could not be computed ({error})"
+        sources = [n for hit in hits for n in find_numbers(hit.chunk.text)]
+        quoted = [n for n in find_numbers(expression or "") if not (n.decimals == 0 and abs(n.value) <= 100)]
+        missing = [n.text for n in quoted if not any(same_number(src, n) for src in sources)]
+        return f"calculated with figures no source prints ({', '.join(missing)})" if missing else None
+
+    def _withhold(self, reason: str, text: str, hits: Sequence[ScoredChunk], model: str, prompt: Prompt,
+                  timings: dict[str, int], calculation: dict[str, Any] | None) -> Answer:
+        """Refuse instead of showing an answer the sources do not support; the draft stays in `warnings`."""
+        log.info("withholding an answer: the model %s", reason)
+        closest = [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
+        return Answer(f"{REFUSAL_TEXT} The model's draft answer {reason}.", [], list(hits), True, model,
+                      prompt.version, timings, [f"withheld draft: {text[:300]}"], calculation=calculation,
+                      closest=closest)
 
 
 def _names(terms: Sequence[str]) -> str:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from datetime import date, timedelta
 
 from .chunks import ScoredChunk
-from .query import Facets
+from .query import _DATE, Facets, _date_key
 
 # Capitalised words that name nothing: question words, function words, months, generic finance nouns.
 _COMMON_WORDS = """
@@ -117,6 +118,35 @@ def covered_years(facets: Facets) -> set[int] | None:
     return years or None
 
 
+PERIOD_SLACK_DAYS = 7  # fiscal quarters end on a weekday: a year earlier is 364 or 371 days back
+
+
+def uncovered_dates(question: str, facets: Facets) -> list[str]:
+    """Period-end dates the question names ("the quarter ended October 27, 2024") that are neither a filing's
+    period end nor, within `PERIOD_SLACK_DAYS`, the same date a year earlier (a 10-Q's comparative column).
+    Empty when the collection's documents carry no period dates."""
+    ends = [d for p in facets.values("period") if (d := _as_date(str(p))) is not None]
+    if not ends:
+        return []
+    known = ends + [e - timedelta(days=365) for e in ends]
+    out = []
+    for m in _DATE.finditer(question):
+        day = _as_date(m.group(0))
+        if day is not None and all(abs((day - k).days) > PERIOD_SLACK_DAYS for k in known):
+            out.append(m.group(0))
+    return out
+
+
+def _as_date(text: str) -> date | None:
+    key = _date_key(text)
+    if key is None:
+        return None
+    try:
+        return date(*key)
+    except ValueError:
+        return None
+
+
 def missing_terms(question: str, hits: Sequence[ScoredChunk], facets: Facets | None = None) -> list[str]:
     """The salient terms of `question` that none of `hits` mentions.
 
@@ -135,4 +165,6 @@ def missing_terms(question: str, hits: Sequence[ScoredChunk], facets: Facets | N
             covered = _mentioned(term, haystack) or (facets is not None and _named(term, facets.vocabulary))
         if not covered:
             missing.append(term)
+    if facets is not None:
+        missing += [d for d in uncovered_dates(question, facets) if not any(y in d for y in missing)]
     return missing

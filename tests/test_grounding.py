@@ -209,3 +209,29 @@ def test_uncited_sentences_are_attributed_to_the_source_holding_their_words() ->
         "Firms train people. Competent personnel matter. Virtual assets count. Standards apply.", [fees, staff])
     assert (text, cited) == (
         "Firms train people [2]. Competent personnel matter. Virtual assets count. Standards apply.", [2])
+
+
+def test_calculations_over_figures_no_source_prints_are_withheld() -> None:
+    answerer = Answerer.__new__(Answerer)
+    answerer.prompt, answerer.calc_prompt = load_prompt("answer_v2"), load_prompt("calc_v1")
+    answerer.grounding = GroundingSettings(_env_file=None)
+    invented = answerer.finish("CALC: (4,638 - 5.2) / 5.2 * 100\nANSWER: It changed by RESULT%.", [hit(TABLE)],
+                               "m", {}, prompt=answerer.calc_prompt)
+    assert invented.refused and "4,638" in invented.answer and invented.closest
+    failed = answerer.finish("CALC: (109 - 0) / 0 * 100\nANSWER: The margin was RESULT%.", [hit(TABLE)], "m", {},
+                             prompt=answerer.calc_prompt)
+    assert failed.refused and "could not be computed" in failed.answer
+    # an invented figure next to a statement only the product attributed is still withheld
+    meta = answerer.finish("The CEO's salary is $100,000,000. This is stated in the Total net sales table.",
+                           [hit(TABLE)], "m", {})
+    assert meta.refused
+
+
+def test_period_dates_must_be_filing_periods_or_their_comparatives() -> None:
+    facets = Facets((DocumentFacets(source="2023 Q3 NVDA.pdf", period="October 29, 2023"),))
+    hits = [hit("Data Center revenue (three months ended October 29, 2023)", company="NVIDIA")]
+    assert missing_terms("NVIDIA revenue in the quarter ended October 27, 2024?", hits, facets) == ["2024"] or \
+        "October 27, 2024" in missing_terms("NVIDIA revenue in the quarter ended October 27, 2024?", hits, facets)
+    assert missing_terms("NVIDIA revenue in the quarter ended October 30, 2022?", hits, facets) == []
+    assert missing_terms("NVIDIA revenue in the quarter ended October 29, 2023?", hits, facets) == []
+    assert missing_terms("NVIDIA revenue in the quarter ended April 30, 2023?", hits, facets) == ["April 30, 2023"]
