@@ -88,16 +88,33 @@ def question(reference: str | None = "The fee is $1,577.", answerable: bool = Tr
 
 
 def test_answer_metrics_order() -> None:
-    assert ANSWER_METRICS == ("numeric_match", "numeric_recall", "token_f1", "citation_precision",
-                              "refusal_accuracy", "over_refusal", "judge_correct", "judge_faithful")
+    assert ANSWER_METRICS == ("numeric_match", "numeric_recall", "token_f1", "citation_precision", "citation_hit",
+                              "grounded_numbers", "unsupported_numbers", "refusal_accuracy", "over_refusal",
+                              "judge_correct", "judge_faithful")
+
+
+GROUNDING = ("grounded_numbers", "unsupported_numbers")
+
+
+def core(scores: dict[str, float]) -> dict[str, float]:
+    """The scores without the grounding counts (tested in test_grounding_scores)."""
+    return {k: v for k, v in scores.items() if k not in GROUNDING}
+
+
+def test_grounding_scores() -> None:
+    given = answer("The fee is $1,577 [1].")
+    given.unsupported_numbers = ["$9"]
+    assert {k: answer_scores(question(), given)[k] for k in GROUNDING} == {
+        "grounded_numbers": 0.0, "unsupported_numbers": 1.0}
+    assert not set(GROUNDING) & set(answer_scores(question(), answer(REFUSAL_TEXT, refused=True)))
 
 
 def test_answer_scores_on_fabricated_answers() -> None:
-    assert answer_scores(question(), answer("The fee is $1,577 [1].")) == {
+    assert core(answer_scores(question(), answer("The fee is $1,577 [1]."))) == {
         "numeric_match": 1.0, "numeric_recall": 1.0, "token_f1": 1.0, "over_refusal": 0.0}
-    assert answer_scores(question("No numbers here."), answer("No numbers here")) == {
+    assert core(answer_scores(question("No numbers here."), answer("No numbers here"))) == {
         "token_f1": 1.0, "over_refusal": 0.0}
-    assert answer_scores(question(None), answer("anything")) == {"over_refusal": 0.0}
+    assert core(answer_scores(question(None), answer("anything"))) == {"over_refusal": 0.0}
 
 
 def test_numeric_match_needs_every_distinct_number() -> None:
@@ -113,9 +130,9 @@ def test_refusal_metrics() -> None:
     assert refused == {"numeric_match": 0.0, "numeric_recall": 0.0, "token_f1": 0.0, "over_refusal": 1.0}
     unanswerable = question(None, answerable=False)
     assert answer_scores(unanswerable, answer(REFUSAL_TEXT, refused=True)) == {"refusal_accuracy": 1.0}
-    assert answer_scores(unanswerable, answer("It is $5.")) == {"refusal_accuracy": 0.0}
+    assert core(answer_scores(unanswerable, answer("It is $5."))) == {"refusal_accuracy": 0.0}
     # A reference on an unanswerable question scores nothing but the refusal.
-    assert answer_scores(question("n/a", answerable=False), answer("It is $5.")) == {"refusal_accuracy": 0.0}
+    assert core(answer_scores(question("n/a", answerable=False), answer("It is $5."))) == {"refusal_accuracy": 0.0}
 
 
 def test_citation_precision_counts_cited_chunks_holding_evidence() -> None:
@@ -149,4 +166,4 @@ def test_citation_precision_is_absent_where_it_does_not_apply() -> None:
     # An unanswerable question that was answered anyway still has its citations checked.
     wrong = answer_scores(question(None, answerable=False, evidence=[Evidence(source="AML.txt")]),
                           answer("It is $5 [1]."))
-    assert wrong == {"citation_precision": 0.0, "refusal_accuracy": 0.0}
+    assert core(wrong) == {"citation_precision": 0.0, "citation_hit": 0.0, "refusal_accuracy": 0.0}
