@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .calculation import needs_calculation, numbers_of, parse, render
+from .calculation import is_constant, needs_calculation, numbers_of, parse, render
 from .chunks import ScoredChunk
 from .coverage import missing_terms
 from .grounding import checked_numbers, has_cited_statement, uncited_claims, unsupported_numbers
@@ -138,9 +138,8 @@ class Answerer:
             text = REFUSAL_TEXT
             if reason == "coverage":
                 text = f"{REFUSAL_TEXT} None of the sources found mentions {_names(missing)}."
-            closest = [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
             refusal = Answer(text, [], hits, True, reason, self.prompt.version, timings,
-                             inferred_filters=found.inferred_filters, closest=closest)
+                             inferred_filters=found.inferred_filters, closest=closest_sources(hits))
             return Draft(hits, [], 0, timings, found.inferred_filters, refusal)
         prompt = self.prompt_for(question)
         texts = self.fit_sources(prompt, question, hits, llm)
@@ -233,7 +232,7 @@ class Answerer:
                 if worked.value is not None:
                     computed.append(worked.value)
                 # the formula's own constants (× 100, ÷ 2) are not figures to find in a source
-                computed += [float(x) for x in numbers_of(worked.expression or "") if x.isdigit() and int(x) <= 100]
+                computed += [abs(n.value) for n in find_numbers(worked.expression or "") if is_constant(n)]
                 if worked.error:
                     warnings.append(f"the calculation could not be computed: {worked.error}")
                 withheld = self._unverified_calculation(worked.expression, worked.error, hits[:shown])
@@ -283,7 +282,7 @@ class Answerer:
         if error:
             return f"wrote a calculation that could not be computed ({error})"
         sources = [n for hit in hits for n in find_numbers(hit.chunk.text)]
-        quoted = [n for n in find_numbers(expression or "") if not (n.decimals == 0 and abs(n.value) <= 100)]
+        quoted = [n for n in find_numbers(expression or "") if not is_constant(n)]
         missing = [n.text for n in quoted if not any(same_number(src, n) for src in sources)]
         return f"calculated with figures no source prints ({', '.join(missing)})" if missing else None
 
@@ -291,10 +290,14 @@ class Answerer:
                   timings: dict[str, int], calculation: dict[str, Any] | None) -> Answer:
         """Refuse instead of showing an answer the sources do not support; the draft stays in `warnings`."""
         log.info("withholding an answer: the model %s", reason)
-        closest = [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
         return Answer(f"{REFUSAL_TEXT} The model's draft answer {reason}.", [], list(hits), True, model,
                       prompt.version, timings, [f"withheld draft: {text[:300]}"], calculation=calculation,
-                      closest=closest)
+                      closest=closest_sources(hits))
+
+
+def closest_sources(hits: Sequence[ScoredChunk]) -> list[Citation]:
+    """What a refusal shows instead of an answer: the first `CLOSEST` sources found."""
+    return [make_citation(n, hit) for n, hit in enumerate(hits[:CLOSEST], start=1)]
 
 
 def _names(terms: Sequence[str]) -> str:

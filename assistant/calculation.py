@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 
 from .calc import CalculationError, evaluate, format_value, pretty
+from .numbers import Number
+from .sources import CITE
 
 _CALC_QUESTION = re.compile(
     r"\b(?:change[sd]?|increase[sd]?|decrease[sd]?|growth|grow|grew|decline[sd]?|difference|differ|ratio|"
@@ -29,7 +31,6 @@ _CALC_QUESTION = re.compile(
 )
 _LINE = re.compile(r"^\s*\**(FIGURE|CALC|ANSWER)\**\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _FIGURE = re.compile(r"^(?P<label>.*?)\s*=\s*(?P<number>[^=\[]*?)\s*(?P<cites>(?:\[\d+(?:\s*[,;]\s*\d+)*\]\s*)*)$")
-_CITES = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 RESULT = re.compile(r"\bRESULT\b")
 
 
@@ -66,7 +67,7 @@ def parse(raw: str) -> CalcReply:
         if kind == "FIGURE":
             m = _FIGURE.match(value)
             if m:
-                cites = [int(x) for group in _CITES.findall(m.group("cites")) for x in re.split(r"\s*[,;]\s*", group)]
+                cites = [int(x) for group in CITE.findall(m.group("cites")) for x in re.split(r"\s*[,;]\s*", group)]
                 reply.figures.append(Figure(m.group("label").strip(), m.group("number").strip(), cites))
         elif kind == "CALC" and reply.expression is None:
             reply.expression = value.split("=")[0].strip() or None
@@ -86,6 +87,11 @@ class Worked:
 def numbers_of(expression: str) -> list[str]:
     """The numbers a calculation uses, as written: `(1,250 - 1,000) / 1,000 * 100` -> 1,250, 1,000, 1,000, 100."""
     return re.findall(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", expression)
+
+
+def is_constant(number: Number) -> bool:
+    """A formula's own number (× 100, ÷ 2), not a figure to find in a source: a whole number up to 100."""
+    return number.decimals == 0 and abs(number.value) <= 100
 
 
 def render(reply: CalcReply, cites: list[int] | None = None) -> Worked | None:
@@ -118,7 +124,7 @@ def render(reply: CalcReply, cites: list[int] | None = None) -> Worked | None:
 def _with_marks(sentence: str, marks: str) -> str:
     """The sentence with the figures' citations, unless it cites sources itself."""
     sentence = sentence.strip()
-    if not marks or _CITES.search(sentence):
+    if not marks or CITE.search(sentence):
         return sentence
     if sentence.endswith((".", "!", "?")):
         return f"{sentence[:-1]} {marks}{sentence[-1]}"

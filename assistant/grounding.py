@@ -10,15 +10,13 @@ Anything else is reported so that the response can warn and the eval can count i
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable, Sequence
 
 from .numbers import Number, find_numbers, same_number
+from .sources import CITE, SENTENCE_END
 
 MAX_SOURCE_NUMBERS = 80  # pairs grow quadratically; chunks hold far fewer figures than this
 REL_TOL = 0.005
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
-_CITE = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 # Small counts ("3 months", "2 directors") and list numbering are not the figures users must trust.
 MIN_CHECKED = 10.0
 
@@ -82,15 +80,15 @@ def unsupported_numbers(answer: str, source_texts: Sequence[str], computed: Sequ
 
 def has_cited_statement(answer: str) -> bool:
     """Whether some sentence cites a source without stating a figure (a claim the numeric check cannot judge)."""
-    return any(_CITE.search(sentence) and not any(_checked(n) for n in find_numbers(sentence))
-               for sentence in _SENTENCE_END.split(answer))
+    return any(CITE.search(sentence) and not any(_checked(n) for n in find_numbers(sentence))
+               for sentence in SENTENCE_END.split(answer))
 
 
 def uncited_claims(answer: str) -> list[str]:
     """Sentences that state a figure but cite no source."""
     out = []
-    for sentence in _SENTENCE_END.split(answer):
-        if _CITE.search(sentence):
+    for sentence in SENTENCE_END.split(answer):
+        if CITE.search(sentence):
             continue
         if any(_checked(n) for n in find_numbers(sentence)):
             out.append(sentence.strip())

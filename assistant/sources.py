@@ -18,7 +18,9 @@ from .llm import Message
 from .prompts import Prompt
 from .sparse import BM25Encoder
 
-_CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # a citation mark, [2] or [1, 3]
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
+_PART_END = re.compile(r"((?<=[.!?:;])\s+|\n+)")  # sentences, clauses and lines; the separator captured
 SNIPPET_CHARS = 400
 # Repeated after the sources: small models follow the instruction they read last.
 ANSWER_REMINDER = "Answer from the sources above and cite each fact with its source number, like [2]."
@@ -100,7 +102,7 @@ def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[i
                 cited.append(x)
         return "".join(f"[{x}]" for x in valid)
 
-    cleaned = _CITE.sub(keep, text)
+    cleaned = CITE.sub(keep, text)
     cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", cleaned)
     return cleaned.strip(), cited, dropped
 
@@ -114,7 +116,6 @@ def make_citation(n: int, hit: ScoredChunk) -> Citation:
 
 
 _FIGURE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d{3,}")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
 
 
 def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list[int]]:
@@ -125,8 +126,8 @@ def attribute_figures(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, list
     """
     cited: list[int] = []
     out = []
-    for sentence in re.split(r"((?<=[.!?])\s+(?=[A-Z(\"]))", text):  # odd items: the separators, kept
-        if not sentence.strip() or _CITE.search(sentence):
+    for sentence in re.split(f"({SENTENCE_END.pattern})", text):  # odd items: the separators, kept
+        if not sentence.strip() or CITE.search(sentence):
             out.append(sentence)
             continue
         figures = [f for f in _FIGURE.findall(sentence) if not re.fullmatch(r"(19|20)\d{2}", f)]
@@ -158,9 +159,9 @@ def attribute_statements(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, l
     vocab = [set(_TOKENS.tokens(hit.chunk.text)) for hit in hits]
     cited: list[int] = []
     out = []
-    for part in re.split(r"((?<=[.!?:;])\s+|\n+)", text):  # odd items: the separators, kept
+    for part in _PART_END.split(text):  # odd items: the separators, kept
         words = set(_TOKENS.tokens(part)) if part and not part.isspace() else set()
-        if len(words) < MIN_SHARED_WORDS or _CITE.search(part):
+        if len(words) < MIN_SHARED_WORDS or CITE.search(part):
             out.append(part)
             continue
         shared = [len(words & v) for v in vocab]
@@ -173,7 +174,7 @@ def attribute_statements(text: str, hits: Sequence[ScoredChunk]) -> tuple[str, l
         out.append(f"{stripped[:end]} [{best + 1}]{stripped[end:]}{part[len(stripped):]}")
         if best + 1 not in cited:
             cited.append(best + 1)
-    if not cited and not _CITE.search(text):
+    if not cited and not CITE.search(text):
         return _attribute_answer(text, vocab)
     return "".join(out), cited
 
@@ -186,7 +187,7 @@ def _attribute_answer(text: str, vocab: Sequence[set[str]]) -> tuple[str, list[i
     best = max(range(len(vocab)), key=lambda i: (shared[i], -i), default=None)
     if best is None or shared[best] < MIN_ANSWER_WORDS:
         return text, []
-    parts = re.split(r"((?<=[.!?:;])\s+|\n+)", text, maxsplit=1)
+    parts = _PART_END.split(text, maxsplit=1)
     first, sep, rest = parts[0], "".join(parts[1:2]), "".join(parts[2:])
     stripped = first.rstrip()
     end = len(stripped) - 1 if stripped.endswith((".", "!", "?", ":", ";")) else len(stripped)
