@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -15,8 +16,10 @@ from fastapi.responses import StreamingResponse
 
 from .chat import ChatService, RecordedAnswer
 from .components import Components
+from .corrections import correction_sources
 from .db import documents
 from .errors import FinragError
+from .feedback_stats import feedback_stats
 from .records import FeedbackLog
 from .schemas import (
     ChatRequest,
@@ -25,6 +28,7 @@ from .schemas import (
     ComponentHealth,
     FeedbackRequest,
     FeedbackResponse,
+    FeedbackStatsResponse,
     HealthResponse,
 )
 
@@ -118,11 +122,35 @@ def _chat_events(events: Iterator[str | RecordedAnswer]) -> Iterator[str]:
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, status_code=status.HTTP_201_CREATED,
+             responses={200: {"model": FeedbackResponse, "description": "The user's earlier vote, replaced."}},
              tags=["feedback"])
-def post_feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
-    """Rate an answer thumbs-up or thumbs-down, with an optional comment."""
-    feedback_id = FeedbackLog(components_of(request).engine).add(body.answer_id, body.rating, body.comment)
-    return FeedbackResponse(feedback_id=feedback_id, answer_id=body.answer_id, rating=body.rating)
+def post_feedback(body: FeedbackRequest, request: Request, response: Response) -> FeedbackResponse:
+    """Rate an answer thumbs-up or thumbs-down, with optionally a reason, a comment, the corrected answer and
+    marks on its citations. One vote per user and answer: voting again replaces the vote (200, `updated`)."""
+    comp = components_of(request)
+    sources = []
+    if body.correction and comp.settings.memory.correction_match < 1.0:  # the chunk the correction quotes
+        dense = comp.retriever_for("dense", rerank=False, memory=False)
+        sources = correction_sources(comp.engine, dense, body.answer_id, body.correction,
+                                     comp.settings.memory.correction_match)
+    vote = FeedbackLog(comp.engine).add(
+        body.answer_id, body.rating, body.comment, reason=body.reason, correction=body.correction,
+        citations=[(m.n, m.useful) for m in body.citations] if body.citations is not None else None,
+        user_id=body.user_id, segment=body.segment, sources=sources,
+    )
+    if vote.updated:
+        response.status_code = status.HTTP_200_OK
+    return FeedbackResponse(feedback_id=vote.feedback_id, answer_id=body.answer_id, rating=body.rating,
+                            updated=vote.updated)
+
+
+@router.get("/v1/feedback/stats", response_model=FeedbackStatsResponse, tags=["feedback"])
+def get_feedback_stats(request: Request, collection: str | None = None,
+                       since: datetime | None = None) -> FeedbackStatsResponse:
+    """Votes overall and by segment, model and served versions; reasons of down votes; the cited chunks most
+    voted down. `collection` keeps that collection's answers; `since` (ISO 8601) the votes given or changed since."""
+    records = FeedbackLog(components_of(request).engine).records(collection=collection, since=since)
+    return FeedbackStatsResponse.of(feedback_stats(records))
 
 
 @router.get("/v1/collections", response_model=list[CollectionOut], tags=["collections"])

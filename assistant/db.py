@@ -67,6 +67,8 @@ answers = sa.Table(
               index=True),
     sa.Column("standalone_question", sa.Text),  # what retrieval and the LLM saw, when it was rewritten
     sa.Column("inferred_filters", sa.JSON),  # what retrieval kept to because the question named it
+    sa.Column("versions", sa.JSON),  # {embedder, reranker, index, memory}: what served it (assistant/learn.py)
+    sa.Column("memory", sa.JSON),  # [{feedback_id, similarity, point_id, effect}]: feedback that moved its ranking
 )
 
 feedback = sa.Table(
@@ -75,8 +77,15 @@ feedback = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("answer_id", sa.String(36), sa.ForeignKey("answers.id"), nullable=False, index=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("rating", sa.String(8), nullable=False),
+    sa.Column("rating", sa.String(8), nullable=False),  # up | down
     sa.Column("comment", sa.Text),
+    sa.Column("user_id", sa.String(200), nullable=False, server_default="anonymous"),  # one vote per user+answer
+    sa.Column("segment", sa.String(100)),  # team or role
+    sa.Column("reason", sa.String(32)),  # wrong_answer | wrong_evidence | incomplete | outdated | other
+    sa.Column("correction", sa.Text),  # the answer the user says is right
+    sa.Column("citation_marks", sa.JSON),  # [{n, point_id, source, section, pages, useful}]
+    sa.Column("updated_at", sa.DateTime(timezone=True)),  # when the user changed their vote
+    sa.Index("uq_feedback_answer_user", "answer_id", "user_id", unique=True),
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 if TYPE_CHECKING:
     from .answering import Citation
     from .chat import RecordedAnswer
+    from .feedback_stats import FeedbackStats, Tally
 
 FilterValues = dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]]
 GENERATOR_HELP = (
@@ -110,16 +112,122 @@ class ChatResponse(BaseModel):
         )
 
 
+FeedbackReason = Literal["wrong_answer", "wrong_evidence", "incomplete", "outdated", "other"]
+_USER_ID = re.compile(r"[A-Za-z0-9._@:-]+")
+
+
+class CitationMark(BaseModel):
+    n: StrictInt = Field(ge=1, description="The citation's number, as [n] in the answer.")
+    useful: StrictBool = Field(description="Whether that source helped (false: it was wrong or beside the point).")
+
+
 class FeedbackRequest(BaseModel):
-    answer_id: str = Field(min_length=1)
+    answer_id: str = Field(min_length=1, description="The answer rated, as returned by /v1/chat.")
     rating: Literal["up", "down"]
+    reason: FeedbackReason | None = Field(default=None, description="Why (mostly for a down vote).")
     comment: str | None = Field(default=None, max_length=5000)
+    correction: str | None = Field(default=None, max_length=20000, description="The answer that would be right.")
+    citations: list[CitationMark] | None = Field(
+        default=None, description="Marks on the answer's citations, each at most once: was source [n] useful?",
+    )
+    user_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Who votes (letters, digits and . _ @ - :). One vote per user and answer: voting again "
+        "replaces the earlier vote. Without it the vote is the user \"anonymous\"'s.",
+    )
+    segment: str | None = Field(default=None, min_length=1, max_length=100, description="The voter's team or role.")
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id_characters(cls, value: str | None) -> str | None:
+        if value is not None and not _USER_ID.fullmatch(value):
+            raise ValueError("may contain only letters, digits and the characters . _ @ - :")
+        return value
+
+    @field_validator("correction", "segment")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is blank; leave it out or give the text")
+        return value
 
 
 class FeedbackResponse(BaseModel):
     feedback_id: int
     answer_id: str
     rating: str
+    updated: bool = Field(description="True when this vote replaced the user's earlier vote on the answer (200).")
+
+
+class VoteTally(BaseModel):
+    total: int
+    up: int
+    down: int
+    up_rate: float | None = Field(description="up / total; null without votes.")
+
+
+class SegmentVotes(VoteTally):
+    segment: str | None = Field(description="The voters' team or role; null for votes that gave none.")
+
+
+class ModelVotes(VoteTally):
+    model: str = Field(description="The generator that answered (or `evidence-gate` / `coverage` for refusals "
+                       "made before it was asked).")
+
+
+class VersionVotes(VoteTally):
+    version: str
+
+
+class VersionStats(BaseModel):
+    embedder: list[VersionVotes] = Field(description="By the embedder that served the answer; `unversioned` for "
+                                         "answers recorded before versions were.")
+    reranker: list[VersionVotes] = Field(description="By the reranker that served the answer (`none`: no "
+                                         "reranking; `unversioned` as for the embedder).")
+    prompt_version: list[VersionVotes]
+
+
+class ReasonCount(BaseModel):
+    reason: str = Field(description="A reason of FeedbackRequest, or `unspecified`.")
+    count: int
+
+
+class SourceVotesOut(BaseModel):
+    point_id: str
+    source: str
+    section: str | None
+    pages: list[int]
+    down: int = Field(description="Down votes on answers citing it (unless marked useful), and not-useful marks.")
+    up: int = Field(description="Useful marks.")
+
+
+class FeedbackStatsResponse(VoteTally):
+    by_segment: list[SegmentVotes] = Field(description="Most voted first.")
+    by_model: list[ModelVotes] = Field(description="Most voted first.")
+    by_version: VersionStats
+    by_reason: list[ReasonCount] = Field(description="Reasons of the down votes, most frequent first.")
+    most_downvoted_sources: list[SourceVotesOut] = Field(description="The cited chunks most voted down (top 10).")
+    corrections: int = Field(description="Votes that gave a corrected answer.")
+
+    @classmethod
+    def of(cls, stats: FeedbackStats) -> FeedbackStatsResponse:
+        def versions(tallies: list[Tally]) -> list[VersionVotes]:
+            return [VersionVotes(version=t.key or "", **_votes(t)) for t in tallies]
+
+        return cls(
+            **_votes(stats.overall),
+            by_segment=[SegmentVotes(segment=t.key, **_votes(t)) for t in stats.by_segment],
+            by_model=[ModelVotes(model=t.key or "", **_votes(t)) for t in stats.by_model],
+            by_version=VersionStats(embedder=versions(stats.by_embedder), reranker=versions(stats.by_reranker),
+                                    prompt_version=versions(stats.by_prompt_version)),
+            by_reason=[ReasonCount(reason=reason, count=count) for reason, count in stats.by_reason],
+            most_downvoted_sources=[SourceVotesOut(**asdict(s)) for s in stats.most_downvoted_sources],
+            corrections=stats.corrections,
+        )
+
+
+def _votes(tally: Tally) -> dict[str, Any]:
+    return {"total": tally.total, "up": tally.up, "down": tally.down, "up_rate": tally.up_rate}
 
 
 class ComponentHealth(BaseModel):

@@ -331,13 +331,14 @@ def test_feedback_round_trip(client: TestClient, off_topic: dict[str, Any], engi
     response = client.post("/v1/feedback", json={"answer_id": answer_id, "rating": "up", "comment": "clear refusal"})
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["answer_id"] == answer_id and body["rating"] == "up"
+    assert body["answer_id"] == answer_id and body["rating"] == "up" and body["updated"] is False
     assert isinstance(body["feedback_id"], int)
-    second = client.post("/v1/feedback", json={"answer_id": answer_id, "rating": "down"})
+    second = client.post("/v1/feedback", json={"answer_id": answer_id, "rating": "down", "user_id": "analyst-2"})
     assert second.status_code == 201
     rows = feedback_rows(engine, answer_id)
-    assert [(r["id"], r["rating"], r["comment"]) for r in rows] == [
-        (body["feedback_id"], "up", "clear refusal"), (second.json()["feedback_id"], "down", None)
+    assert [(r["id"], r["user_id"], r["rating"], r["comment"]) for r in rows] == [
+        (body["feedback_id"], "anonymous", "up", "clear refusal"),
+        (second.json()["feedback_id"], "analyst-2", "down", None),
     ]
 
 

@@ -37,7 +37,7 @@ from assistant.rewriting import Period, Rewriter, shift
 
 APPLE_Q3 = "What was Apple's net sales in the quarter ended July 1, 2023?"
 FEES_3C = "What is the annual fee for a Category 3C firm under the FEES rulebook?"
-HEAD = "0003"
+HEAD = "0004"
 
 
 # --- storage ----------------------------------------------------------------------------------------------
