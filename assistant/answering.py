@@ -65,6 +65,7 @@ class Answer:
     unsupported_numbers: list[str] = field(default_factory=list)  # figures no cited source states or gives
     calculation: dict[str, Any] | None = None  # {expression, value, error} when the product computed the answer
     closest: list[Citation] = field(default_factory=list)  # a refusal's nearest sources, to look at by hand
+    memory: list[dict[str, Any]] = field(default_factory=list)  # chunks feedback memory moved (MemoryEffect)
 
 
 _REFUSAL = re.compile(r"\W*not[\s_]found\b", re.I)
@@ -87,6 +88,7 @@ class Draft:
     inferred_filters: dict[str, Any] | None
     refusal: Answer | None = None
     prompt: Prompt | None = None  # which prompt `messages` were built with
+    memory: list[dict[str, Any]] = field(default_factory=list)  # what feedback memory moved in `hits`
 
 
 @dataclass
@@ -121,6 +123,7 @@ class Answerer:
         started = time.perf_counter()
         found = self.retriever.search(question, collection, top_k or self.retrieval.top_k, filters)
         hits = list(found.hits)
+        memory = [effect.as_record() for effect in found.memory]
         timings["retrieve"] = _ms(started)
         timings.update({f"retrieve_{k}": round(v) for k, v in found.timings_ms.items()})
         gate = self.retrieval.min_score if min_score is None else min_score
@@ -139,12 +142,12 @@ class Answerer:
             if reason == "coverage":
                 text = f"{REFUSAL_TEXT} None of the sources found mentions {_names(missing)}."
             refusal = Answer(text, [], hits, True, reason, self.prompt.version, timings,
-                             inferred_filters=found.inferred_filters, closest=closest_sources(hits))
-            return Draft(hits, [], 0, timings, found.inferred_filters, refusal)
+                             inferred_filters=found.inferred_filters, closest=closest_sources(hits), memory=memory)
+            return Draft(hits, [], 0, timings, found.inferred_filters, refusal, memory=memory)
         prompt = self.prompt_for(question)
         texts = self.fit_sources(prompt, question, hits, llm)
         messages = render_messages(prompt, question, hits, texts)
-        return Draft(hits, messages, len(texts), timings, found.inferred_filters, prompt=prompt)
+        return Draft(hits, messages, len(texts), timings, found.inferred_filters, prompt=prompt, memory=memory)
 
     def fit_sources(self, prompt: Prompt, question: str, hits: Sequence[ScoredChunk], llm: LLM | None) -> list[str]:
         """The sources' texts that fit the prompt: RETRIEVAL_CONTEXT_TOKENS of them, within the model's context
@@ -197,7 +200,7 @@ class Answerer:
                              prompt=draft.prompt)
         if hold:
             yield answer.answer
-        yield replace(answer, inferred_filters=draft.inferred_filters)
+        yield replace(answer, inferred_filters=draft.inferred_filters, memory=draft.memory)
 
     def answer(
         self, question: str, collection: str, *, top_k: int | None = None, filters: Filters | None = None,

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from . import __version__
+from .admin_api import router as admin_router
 from .api import router
 from .components import Components
 from .conversations_api import router as conversations_router
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.state.settings = settings
     app.include_router(router)
     app.include_router(conversations_router)
+    app.include_router(admin_router)
     app.include_router(openai_router)  # its errors take OpenAI's shape
 
     @app.exception_handler(FinragError)
@@ -69,7 +71,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
 def _preload(components: Components) -> None:
     """Load models and open the store at start-up, so the first question is not slow. Failures are
     logged and shown by /health rather than stopping the server."""
-    for name in ("store", "engine", "embedder", "llm"):
+    for name in ("store", "engine", "embedder", "llm", "served", "reranker"):
         try:
             getattr(components, name)
         except Exception as exc:  # reported by /health

@@ -42,6 +42,7 @@ class ChatService:
         self, answerer: Answerer, log_: AnswerLog, *, default_collection: str, max_question_chars: int,
         conversations: Conversations | None = None, rewriter: Rewriter | None = None,
         llm_for: LLMPicker | None = None, history_turns: int = 20,
+        versions: Callable[[str], dict[str, object]] | None = None,
     ):
         self.answerer = answerer
         self.answers = log_
@@ -51,6 +52,7 @@ class ChatService:
         self.rewriter = rewriter
         self.llm_for = llm_for
         self.history_turns = history_turns
+        self.versions = versions  # collection -> the learned versions and index serving it (recorded)
 
     def ask(
         self, question: str, *, collection: str | None = None, filters: Filters | None = None,
@@ -120,6 +122,7 @@ class ChatService:
         answer_id = self.answers.record(
             answer, question=question, collection=collection, filters=filters, latency_ms=latency_ms,
             conversation_id=conversation_id, standalone_question=standalone,
+            versions=self.versions(collection) if self.versions is not None else None,
         )
         log.info("answer %s in %d ms (%s) refused=%s", answer_id, latency_ms, answer.timings_ms, answer.refused)
         yield RecordedAnswer(answer_id, answer, latency_ms, conversation_id, question, standalone)

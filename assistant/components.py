@@ -19,7 +19,9 @@ from .db import connect
 from .edge_store import EdgeStore
 from .embedding import Embedder, SentenceTransformerEmbedder
 from .errors import BadRequest, ComponentUnavailable
+from .learned import Registry, Served
 from .llm import LLM, LlamaCppLLM, OllamaLLM
+from .memory import FeedbackMemory
 from .models import REGISTRY, require_model
 from .query import Facets, Inference, collection_facets
 from .records import AnswerLog
@@ -57,6 +59,9 @@ class Components:
         self._reranker_built = False
         self._facets: dict[str, tuple[int, Facets]] = {}
         self._llms: dict[str, LLM] = {}  # per-request / per-collection generators, by spec
+        self._memory: FeedbackMemory | None = None
+        self._served: Served | None = None
+        self._learned_embedders: dict[str, Embedder] = {}
         self._lock = threading.RLock()
 
     def _once(self, attr: str, build: Any) -> Any:
@@ -148,13 +153,16 @@ class Components:
     def retriever(self) -> Retriever:
         return self.retriever_for(self.settings.retrieval.mode)
 
-    def retriever_for(self, mode: RetrievalMode, rerank: bool | None = None) -> Retriever:
+    def retriever_for(self, mode: RetrievalMode, rerank: bool | None = None, memory: bool | None = None) -> Retriever:
         """A retriever of the given mode over the shared embedder and store (eval baselines use this).
 
-        `rerank`: None follows RERANK_ENABLED (and reranks only when the model is built); True requires it.
+        `rerank`: None reranks with a promoted learned reranker, else follows RERANK_ENABLED (and reranks only
+        when the model is built); True requires a reranker; False never reranks. `memory`: None follows
+        MEMORY_ENABLED; False leaves feedback memory out (baselines); True requires it.
         """
         sparse = self.sparse if mode in ("hybrid", "bm25") else None
-        reranker = self.reranker if rerank or (rerank is None and self.settings.rerank.enabled) else None
+        use = rerank if rerank is not None else bool(self.served.reranker) or self.settings.rerank.enabled
+        reranker = self.reranker if use else None
         if rerank and reranker is None:
             raise ComponentUnavailable(
                 f"no reranker model at {self.settings.reranker_path}; build it with `make reranker`"
@@ -163,10 +171,32 @@ class Components:
         fusion = Fusion(k=r.rrf_k, dense_weight=r.dense_weight, sparse_weight=r.sparse_weight)
         return Retriever(self.embedder, self.store, sparse, r.candidates, mode == "bm25",
                          reranker=reranker, rerank_depth=self.settings.rerank.candidates, fusion=fusion,
-                         inference=Inference() if r.infer_filters else None, facets=self.facets)
+                         inference=Inference() if r.infer_filters else None, facets=self.facets,
+                         memory=self.memory if memory is None or memory else None, route=self.route)
+
+    def embedder_for(self, collection: str) -> Embedder:
+        """The embedder of a collection's vectors: a promoted learned embedder once the collection has been
+        re-embedded by it, else the shipped one."""
+        served = self.served
+        if not served.embedder or collection not in (served.collections or {}):
+            return self.embedder
+        version = served.embedder
+        with self._lock:
+            cached = self._learned_embedders.get(version)
+            if cached is None:
+                e = self.settings.embedding
+                cached = SentenceTransformerEmbedder(str(self.registry.path(version)), batch_size=e.batch_size,
+                                                     threads=e.threads, name=version)
+                self._learned_embedders[version] = cached
+            return cached
+
+    def route(self, collection: str) -> tuple[Embedder, str]:
+        """(embedder, physical collection) that serve a collection."""
+        return self.embedder_for(collection), self.served.physical(collection)
 
     def facets(self, collection: str) -> Facets:
         """What a collection holds per document (companies, periods …), cached until its size changes."""
+        collection = self.served.physical(collection)
         size = self.store.count(collection)
         with self._lock:
             cached = self._facets.get(collection)
@@ -178,10 +208,58 @@ class Components:
         return facets
 
     @property
+    def registry(self) -> Registry:
+        return Registry(self.settings.learned_dir)
+
+    @property
+    def served(self) -> Served:
+        """The learned versions that serve (read once; `reload_models` reads again). Empty when
+        LEARN_USE_PROMOTED is false."""
+        with self._lock:
+            if self._served is None:
+                self._served = self.registry.served() if self.settings.learn.use_promoted else Served()
+            return self._served
+
+    def reload_models(self) -> Served:
+        """Read the registry again and load what it promotes now (the reranker is rebuilt on next use)."""
+        fresh = self.registry.served() if self.settings.learn.use_promoted else Served()
+        with self._lock:
+            if fresh != self._served:
+                log.info("learned models: %s (was %s)", fresh, self._served)
+                self._reranker, self._reranker_built = None, False
+                self._facets.clear()
+            self._served = fresh
+        return fresh
+
+    @property
+    def memory(self) -> FeedbackMemory | None:
+        """Feedback memory over the answer database (None when MEMORY_ENABLED is false)."""
+        m = self.settings.memory
+        if not m.enabled:
+            return None
+        return self._once("_memory", lambda: FeedbackMemory(
+            self.engine, self.embedder, threshold=m.threshold, neighbours=m.neighbours, max_raised=m.max_raised,
+        ))
+
+    def versions_for(self, collection: str) -> dict[str, object]:
+        """What serves a collection's answers: embedder, reranker (None: no reranking), physical index, memory."""
+        served = self.served
+        reranker = self.reranker if served.reranker or self.settings.rerank.enabled else None
+        return {
+            "embedder": self.embedder_for(collection).name, "reranker": reranker.name if reranker is not None else None,
+            "index": served.physical(collection), "memory": self.settings.memory.enabled,
+        }
+
+    @property
     def reranker(self) -> Reranker | None:
-        """The trained cross-encoder, or None (logged once) when it has not been built."""
+        """The promoted learned reranker, else the trained cross-encoder of RERANK_MODEL, or None (logged once)
+        when neither has been built."""
         def build() -> Reranker | None:
             r = self.settings.rerank
+            if self.served.reranker:
+                version = self.served.reranker
+                return CrossEncoderReranker(self.registry.path(version), max_length=r.max_length, threads=r.threads,
+                                            name=version)
             path = self.settings.reranker_path
             if not (path / "config.json").exists():
                 log.warning("no reranker at %s: retrieval keeps the fused order (build it: make reranker)", path)
@@ -210,7 +288,7 @@ class Components:
         return ChatService(
             self.answerer, AnswerLog(self.engine, self.embedder.name), default_collection=s.collection,
             max_question_chars=s.max_question_chars, conversations=Conversations(self.engine), rewriter=rewriter,
-            llm_for=self.llm_for, history_turns=conv.history_turns,
+            llm_for=self.llm_for, history_turns=conv.history_turns, versions=self.versions_for,
         )
 
     def close(self) -> None:

@@ -164,6 +164,19 @@ class EdgeStore:
     def collections(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / _CONFIG_FILE).is_file())
 
+    def drop_collection(self, collection: str) -> None:
+        """Delete a collection and its files (nothing happens when it does not exist)."""
+        import shutil
+
+        path = self._path(collection)
+        if path is None or not path.exists():
+            return
+        with self._guard:
+            shard = self._shards.pop(collection, None)
+            if shard is not None:
+                shard.close()
+        shutil.rmtree(path)
+
     # --- points ------------------------------------------------------------------------------------------
 
     def upsert(
@@ -239,6 +252,12 @@ class EdgeStore:
                 yield str(r.id), Chunk.from_payload(r.payload or {})
             if offset is None:
                 return
+
+    def get_chunks(self, collection: str, point_ids: Sequence[str]) -> dict[str, Chunk]:
+        if not point_ids:
+            return {}
+        records = self._shard(collection).retrieve(list(point_ids), True, False)
+        return {str(r.id): Chunk.from_payload(r.payload or {}) for r in records}
 
     # --- maintenance -------------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def resolve_model_dir(model: str) -> Path:
 class SentenceTransformerEmbedder:
     """Sentence-transformers on CPU, weights from disk, never from a hub."""
 
-    def __init__(self, model: str, *, batch_size: int = 32, threads: int = 2) -> None:
+    def __init__(self, model: str, *, batch_size: int = 32, threads: int = 2, name: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -64,7 +64,7 @@ class SentenceTransformerEmbedder:
                 f"cannot load embedding model from {path}: {exc}; point EMBEDDING_MODEL at a "
                 "sentence-transformers model folder"
             ) from exc
-        self.name = model
+        self.name = name or model
         dim = self._model.get_embedding_dimension()
         if dim is None:  # pragma: no cover
             raise ComponentUnavailable(f"embedding model {model!r} does not report its dimension")

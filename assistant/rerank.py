@@ -50,16 +50,41 @@ def rerank(reranker: Reranker, question: str, hits: Sequence[ScoredChunk], depth
     if len(head) < 2:
         return Reranked(list(hits), 0.0)
     scores = reranker.scores(question, [passage_text(h.chunk) for h in head])
+    blend = getattr(reranker, "blend", None)
+    if blend is not None:  # a learned version: its logits blended with the fused order
+        scores = blend_scores(scores, blend)
     order = sorted(range(len(head)), key=lambda i: -scores[i])
     ranked = [ScoredChunk(head[i].chunk, float(scores[i]), head[i].point_id) for i in order]
     return Reranked(ranked + tail, (time.perf_counter() - started) * 1000)
+
+
+def _z(values: Sequence[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 or 1.0
+    return [(v - mean) / spread for v in values]
+
+
+def blend_scores(logits: Sequence[float], weight: float, prior: Sequence[int | None] | None = None) -> list[float]:
+    """Cross-encoder logits blended with the fused order: (1 - weight) z(1 / (2 + rank)) + weight z(logit).
+
+    `prior`: each candidate's 1-based rank in the fused order (None: not retrieved, ranked last); default:
+    the order given. Weight 0 keeps the fused order, 1 is the cross-encoder alone; learned versions choose
+    it on their training cases (`python -m eval learn`)."""
+    if not logits:
+        return []
+    ranks = [r if r is not None else len(logits) + 1 for r in prior] if prior is not None else \
+        list(range(1, len(logits) + 1))
+    fused = _z([1.0 / (2 + r) for r in ranks])
+    learned = _z(list(logits))
+    return [(1 - weight) * f + weight * x for f, x in zip(fused, learned, strict=True)]
 
 
 class CrossEncoderReranker:
     """A sentence-transformers `CrossEncoder` with one relevance logit, on CPU."""
 
     def __init__(
-        self, path: Path, *, max_length: int | None = None, batch_size: int = 32, threads: int | None = None
+        self, path: Path, *, max_length: int | None = None, batch_size: int = 32, threads: int | None = None,
+        name: str | None = None,
     ) -> None:
         if not (path / "config.json").exists():
             raise ComponentUnavailable(
@@ -79,7 +104,9 @@ class CrossEncoderReranker:
                                   local_files_only=True)
         self.model.eval()
         self.batch_size = batch_size
-        self.name = str(self.manifest.get("name") or path.name)
+        self.name = name or str(self.manifest.get("name") or path.name)
+        blend = self.manifest.get("blend")  # learned versions: weight against the fused order
+        self.blend: float | None = float(blend) if blend is not None else None
 
     def scores(self, question: str, passages: Sequence[str]) -> list[float]:
         import torch
@@ -92,8 +119,11 @@ class CrossEncoderReranker:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    file = path / MANIFEST
-    if not file.exists():
-        return {}
-    data = json.loads(file.read_text())
-    return data if isinstance(data, dict) else {}
+    """The training manifest next to the weights: `finrag-reranker.json` (make reranker) or `manifest.json`
+    (a learned version, assistant/learned.py)."""
+    for name in (MANIFEST, "manifest.json"):
+        file = path / name
+        if file.exists():
+            data = json.loads(file.read_text())
+            return data if isinstance(data, dict) else {}
+    return {}

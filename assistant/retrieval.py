@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .chunks import ScoredChunk
 from .embedding import Embedder, embed_one
+from .memory import FeedbackMemory, MemoryEffect
 from .query import Facets, Inference, combine, infer_filters
 from .rerank import Reranker, rerank
 from .sparse import BM25Encoder
@@ -33,6 +34,7 @@ class Retrieval:
     evidence: float  # best dense cosine similarity: how close the closest chunk really is
     timings_ms: dict[str, float] = field(default_factory=dict)  # embed, search, rerank
     inferred_filters: dict[str, Any] | None = None  # what the question named (company, period …), applied
+    memory: list[MemoryEffect] = field(default_factory=list)  # chunks past feedback raised, added or lowered
 
 
 @dataclass
@@ -47,6 +49,9 @@ class Retriever:
     fusion: Fusion | None = None  # hybrid: RRF constant and weights (None: plain RRF)
     inference: Inference | None = None  # infer filters from the question (None: never)
     facets: Callable[[str], Facets] | None = None  # what a collection holds, for `inference`
+    memory: FeedbackMemory | None = None  # feedback on similar past questions moves chunks (None: off)
+    # collection -> (embedder, physical collection) for collections re-embedded by a learned embedder
+    route: Callable[[str], tuple[Embedder, str]] | None = None
 
     def __post_init__(self) -> None:
         if self.bm25_only and self.sparse is None:
@@ -67,23 +72,33 @@ class Retriever:
         if self.inference is not None and self.facets is not None:
             facets = self.facets(collection)
             filters, inferred = combine(infer_filters(question, facets, self.inference), filters, facets)
-        vector = embed_one(self.embedder, question)
+        embedder, physical = self.route(collection) if self.route is not None else (self.embedder, collection)
+        vector = embed_one(embedder, question)
         embedded = time.perf_counter()
         depth = max(top_k, self.rerank_depth) if self.reranker is not None else top_k
         if self.sparse is None:
-            hits = self.store.search(collection, vector, depth, filters)
+            hits = self.store.search(physical, vector, depth, filters)
             evidence = hits[0].score if hits else 0.0
         else:  # BM25 alone (no dense vector) or fused with the dense ranking
-            hits = self.store.search(collection, None if self.bm25_only else vector, depth, filters,
+            hits = self.store.search(physical, None if self.bm25_only else vector, depth, filters,
                                      sparse=self.sparse.encode_query(question), candidates=self.candidates,
                                      fusion=self.fusion)
-            nearest = self.store.search(collection, vector, 1, filters)
+            nearest = self.store.search(physical, vector, 1, filters)
             evidence = nearest[0].score if nearest else 0.0
         searched = time.perf_counter()
         timings = {"embed": (embedded - started) * 1000, "search": (searched - embedded) * 1000}
         if self.reranker is not None:
             reranked = rerank(self.reranker, question, hits, self.rerank_depth)
             hits, timings["rerank"] = reranked.hits, reranked.ms
+        effects: list[MemoryEffect] = []
+        if self.memory is not None:
+            t = time.perf_counter()
+            # lessons are keyed by the shipped embedder's view of questions, whatever embeds this collection
+            key = vector if embedder is self.embedder else embed_one(self.embedder, question)
+            hits, effects = self.memory.apply(
+                key, collection, hits, lambda ids: self.store.get_chunks(physical, ids), filters
+            )
+            timings["memory"] = (time.perf_counter() - t) * 1000
         log.debug("retrieved %d chunks from %s in %.0f ms", len(hits), collection,
                   (time.perf_counter() - started) * 1000)
-        return Retrieval(hits[:top_k], evidence, timings, inferred)
+        return Retrieval(hits[:top_k], evidence, timings, inferred, effects)

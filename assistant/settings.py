@@ -217,6 +217,38 @@ class ConversationSettings(_Section):
     history_turns: int = Field(default=20, ge=1, description="Stored turns of a conversation read per question.")
 
 
+class MemorySettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="MEMORY_", env_file=ENV_FILE, extra="ignore")
+
+    enabled: bool = Field(
+        default=True,
+        description="Feedback memory: votes on similar past questions raise the chunks users found useful and "
+        "lower those marked wrong, at once, for questions in that neighbourhood only (assistant/memory.py).",
+    )
+    threshold: float = Field(
+        default=0.8, ge=0.0, le=1.0,
+        description="Cosine similarity (embedder) a past question needs to count as a neighbour "
+        "(set by the simulation: eval/results/feedback-simulation.md).",
+    )
+    neighbours: int = Field(default=5, ge=1, description="Closest past questions consulted.")
+    max_raised: int = Field(default=3, ge=0, description="Most chunks raised to the top of one ranking.")
+    correction_match: float = Field(
+        default=0.8, ge=0.0, le=1.0,
+        description="A correction that restates a chunk this closely (embedder cosine) marks that chunk as the "
+        "answer's evidence (assistant/corrections.py); 1.0 turns it off.",
+    )
+
+
+class LearnSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="LEARN_", env_file=ENV_FILE, extra="ignore")
+
+    use_promoted: bool = Field(
+        default=True,
+        description="Serve the learned models promoted by `python -m assistant.learn` (reranker, embedder and "
+        "its re-embedded collections; registry in DATA_DIR/models/learned). False: the shipped models only.",
+    )
+
+
 class ChunkingSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="CHUNK_", env_file=ENV_FILE, extra="ignore")
 
@@ -265,6 +297,8 @@ class Settings(_Section):
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     conversation: ConversationSettings = Field(default_factory=ConversationSettings)
     grounding: GroundingSettings = Field(default_factory=GroundingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    learn: LearnSettings = Field(default_factory=LearnSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -299,6 +333,10 @@ class Settings(_Section):
         return path if path.is_absolute() else self.models_dir / path
 
     @property
+    def learned_dir(self) -> Path:
+        return self.models_dir / "learned"
+
+    @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'finrag.db').resolve()}"
 
@@ -306,5 +344,5 @@ class Settings(_Section):
 
 _SECTIONS = (
     StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings,
-    RerankSettings, GroundingSettings, ConversationSettings, Settings,
+    RerankSettings, GroundingSettings, ConversationSettings, MemorySettings, LearnSettings, Settings,
 )

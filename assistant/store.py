@@ -60,6 +60,10 @@ class VectorStore(Protocol):
     def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None: ...
     def count(self, collection: str, doc_id: str | None = None) -> int: ...
     def scroll_chunks(self, collection: str, batch: int = 512) -> Iterable[tuple[str, Chunk]]: ...
+    def get_chunks(self, collection: str, point_ids: Sequence[str]) -> dict[str, Chunk]:
+        """The chunks of the given point ids that exist (missing ids are left out)."""
+        ...
+
     def collections(self) -> list[str]: ...
     def close(self) -> None: ...
 
@@ -281,8 +285,19 @@ class QdrantStore:
             if offset is None:
                 return
 
+    def get_chunks(self, collection: str, point_ids: Sequence[str]) -> dict[str, Chunk]:
+        if not point_ids:
+            return {}
+        points = self._client.retrieve(collection, ids=list(point_ids), with_payload=True)
+        return {str(p.id): Chunk.from_payload(p.payload or {}) for p in points}
+
     def collections(self) -> list[str]:
         return sorted(c.name for c in self._client.get_collections().collections)
+
+    def drop_collection(self, collection: str) -> None:
+        """Delete a collection (nothing happens when it does not exist)."""
+        if self._client.collection_exists(collection):
+            self._client.delete_collection(collection)
 
     def close(self) -> None:
         self._client.close()

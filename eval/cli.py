@@ -6,6 +6,7 @@
     python -m eval compare RUN_A RUN_B [--resamples 2000] [--seed 0]
     python -m eval report RUN_DIR
     python -m eval tatqa tatqa_dataset_dev.json --out DIR [--sample N] [--seed S]
+    python -m eval feedback-export --out DIR [--collection NAME] [--since ISO] [--heldout-percent 20] [--no-text]
 
 Settings (data dir, Qdrant, embedder, LLM) come from the environment as for the assistant.
 Exit status: 0 done, 1 the assistant could not serve (e.g. unknown collection), 2 bad arguments or file.
@@ -31,7 +32,7 @@ from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
 from assistant.store import build_filter, integer_value
 
-from . import compare, fusion_tune, refusal_calibrate, report, rerank_train
+from . import compare, feedback_export, fusion_tune, learn, refusal_calibrate, report, rerank_train, simulate
 from .judge import Judge, load_judge_prompt
 from .questions import QuestionFileError, load_questions, sample_in_order
 from .results import RESULTS_FILE, default_run_dir, write_json, write_run
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
                      help="rerank with the trained cross-encoder (default: product follows RERANK_ENABLED, "
                      "the baselines do not)")
+    run.add_argument("--memory", action="store_true",
+                     help="let feedback memory (votes in the answer database) move chunks; off by default so a run "
+                     "measures the models, not the local database's feedback")
     run.add_argument("--out", type=Path, help="run folder (default: eval/runs/<timestamp>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip questions already in its results.json")
@@ -129,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate-refusal", help="how often each refusal check refuses answerable and unanswerable questions"))
     rerank_train.configure_parser(commands.add_parser(
         "train-reranker", help="train the cross-encoder reranker on the train split of question files"))
+    learn.configure_parser(commands.add_parser(
+        "learn", help="train reranker/embedder versions from feedback, evaluate, promote or roll back"))
+    simulate.configure_parser(commands.add_parser(
+        "simulate", help="play users on a question set, then measure feedback memory and learned models"))
+    feedback_export.configure_parser(commands.add_parser(
+        "feedback-export", help="turn user feedback into golden evaluation cases and fine-tuning pairs"))
     tatqa = commands.add_parser("tatqa", help="build the TAT-QA answer set (documents + questions.jsonl)")
     tatqa.add_argument("source", type=Path, help="tatqa_dataset_dev.json (or another TAT-QA split)")
     tatqa.add_argument("--out", type=Path, required=True, help="folder for documents/ and questions.jsonl")
@@ -180,7 +190,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     run_settings: dict[str, Any] = {
         "command": "python -m eval " + shlex.join(args.argv),
         "questions_file": str(args.questions), "collection": collection,
-        "retriever": args.retriever, "retrieval_mode": mode, "filters": filters,
+        "retriever": args.retriever, "retrieval_mode": mode, "filters": filters, "memory": args.memory,
         "embedder": settings.embedding.model,
         "k": list(config.ks), "budgets": list(config.budgets), "depth": config.depth,
         "answers": config.with_answers, "context": config.context, "judge": args.judge,
@@ -218,7 +228,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.judge:
             judge = Judge(components.llm, load_judge_prompt())
             run_settings["judge_prompt"] = judge.version
-        retriever = components.retriever_for(mode, rerank)
+        retriever = components.retriever_for(mode, rerank, memory=args.memory)
         if args.retriever != "product":  # a baseline ranks alone: no filters read from the question
             retriever = dataclasses.replace(retriever, inference=None)
         run_settings["reranker"] = retriever.reranker.name if retriever.reranker is not None else None
@@ -293,6 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fusion_tune.run_command(args, settings)
     if args.command == "calibrate-refusal":
         return refusal_calibrate.run_command(args, settings)
+    if args.command == "simulate":
+        return simulate.run_command(args, settings)
+    if args.command == "learn":
+        return learn.run_command(args, settings)
+    if args.command == "feedback-export":
+        try:
+            return feedback_export.run_command(args, settings)
+        except FinragError as exc:
+            print(f"finrag-eval: {exc.message}", file=sys.stderr)
+            return 1
     if args.command == "train-reranker":
         try:
             return rerank_train.run_command(args)

@@ -42,7 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def signals(components: Any, questions: Sequence[Question], collection: str, rerank: bool) -> list[dict[str, Any]]:
-    retriever = components.retriever_for(components.settings.retrieval.mode, rerank=False)
+    retriever = components.retriever_for(components.settings.retrieval.mode, rerank=False, memory=False)
     top_k = components.settings.retrieval.top_k
     facets = components.facets(collection)
     out = []

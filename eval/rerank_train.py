@@ -110,7 +110,7 @@ def groups(rows: Sequence[dict[str, Any]], negatives: int, rng: random.Random,
     ln 6); with three random ones beside two hard ones the loss fell within 50 steps. None: all hard.
     """
     hard = negatives if hard is None else min(hard, negatives)
-    pool = [c["text"] for row in rows for c in row["candidates"]]
+    pool = list(dict.fromkeys(c["text"] for row in rows for c in row["candidates"]))  # distinct, in order
     out = []
     for row in rows:
         pos = [c["text"] for c in row["candidates"] if c["positive"]]
@@ -118,14 +118,21 @@ def groups(rows: Sequence[dict[str, Any]], negatives: int, rng: random.Random,
         if not pos or not neg:
             continue
         own = set(pos) | set(neg)
+        others = len(pool) - len(own)  # texts of other questions that can be drawn
         for p in pos[:2]:
             picked = neg[:hard]
-            while len(picked) < negatives and len(pool) > len(own):
+            drawn = 0
+            while len(picked) < negatives and drawn < min(others, negatives - hard):
                 candidate = rng.choice(pool)
                 if candidate not in own and candidate not in picked:
                     picked.append(candidate)
+                    drawn += 1
             out.append((row["question"], [p, *picked]))
-    return out
+    # one group size for all (a batch's logits are one matrix): a small pool may leave some groups short
+    size = min((len(g) for _, g in out), default=0)
+    if size < 2:
+        return []
+    return [(q, g[:size]) for q, g in out]
 
 
 def train(rows: Sequence[dict[str, Any]], cfg: TrainConfig, backbone: str, out_dir: Path,
@@ -219,7 +226,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     components = Components(settings)
     try:
-        retriever = components.retriever_for(settings.retrieval.mode, rerank=False)
+        retriever = components.retriever_for(settings.retrieval.mode, rerank=False, memory=False)
         cache = settings.data_dir / "rerank" / f"mined-{collection}-{cfg.depth}.jsonl"
         started = time.perf_counter()
         rows = mine(retriever, questions, collection, cfg.depth, cache, progress=not args.no_progress)

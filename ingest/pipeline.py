@@ -147,10 +147,11 @@ class Ingestor:
     def _ingest_file(self, path: Path, collection: str, report: IngestReport, progress: bool) -> None:
         file_hash = file_sha256(path)
         doc_id = doc_id_for(collection, path)
+        physical = self.components.served.physical(collection)  # re-embedded by a learned embedder?
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(documents).where(documents.c.id == doc_id)).mappings().first()
         if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline
-                and self.store.count(collection, doc_id) == row["chunks"]):
+                and self.store.count(physical, doc_id) == row["chunks"]):
             report.unchanged += 1
             report.pages += row["pages"] or 0
             report.chunks += row["chunks"]
@@ -159,8 +160,8 @@ class Ingestor:
         chunks = self.chunker.chunk(doc, doc_id, file_hash)
         if not chunks:
             raise LoadError("no text to index after chunking")
-        embedder = self.components.embedder
-        self.store.ensure_collection(collection, embedder.dim)
+        embedder = self.components.embedder_for(collection)
+        self.store.ensure_collection(physical, embedder.dim)
         batch = 64
         with tqdm(total=len(chunks), desc="  chunks", unit="chunk", leave=False, disable=not progress) as bar:
             for start in range(0, len(chunks), batch):
@@ -168,9 +169,9 @@ class Ingestor:
                 texts = [passage_text(c) for c in part]
                 vectors = embedder.embed_batch(texts)
                 sparse = [self.components.sparse.encode_document(t) for t in texts]
-                self.store.upsert(collection, part, vectors, sparse)
+                self.store.upsert(physical, part, vectors, sparse)
                 bar.update(len(part))
-        self.store.delete_document(collection, doc_id, keep_file_hash=file_hash)
+        self.store.delete_document(physical, doc_id, keep_file_hash=file_hash)
         record = {
             "collection": collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
             "doc_type": doc.doc_type, "file_hash": file_hash, "size_bytes": path.stat().st_size,
@@ -195,7 +196,7 @@ class Ingestor:
             ).all()
         for doc_id, path in rows:
             if not Path(path).exists():
-                self.store.delete_document(collection, doc_id)
+                self.store.delete_document(self.components.served.physical(collection), doc_id)
                 with self.engine.begin() as conn:
                     conn.execute(sa.delete(documents).where(documents.c.id == doc_id))
                 removed.append(path)

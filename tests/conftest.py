@@ -41,7 +41,7 @@ def shared_path(*parts: str) -> Path:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    return Settings(data_dir=data_dir, collection=SAMPLE_COLLECTION, _env_file=None, **overrides)  # type: ignore[call-arg]
+    return Settings(data_dir=data_dir, collection=SAMPLE_COLLECTION, _env_file=None, **overrides)  # type: ignore[call-arg, arg-type]
 
 
 @pytest.fixture(scope="session")

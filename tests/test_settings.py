@@ -10,7 +10,8 @@ import pytest
 from assistant.settings import _SECTIONS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
-NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking", "rerank", "conversation", "grounding"}
+NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking", "rerank", "conversation", "grounding",
+          "memory", "learn"}
 
 
 def all_variables() -> set[str]:

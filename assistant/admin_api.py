@@ -1,0 +1,63 @@
+"""Learned model versions over HTTP: what serves, and reloading after `python -m eval learn promote`.
+
+    GET  /v1/admin/models    the promoted reranker / embedder versions, re-embedded collections, all versions
+    POST /v1/admin/reload    read the registry again and serve what it promotes now (no restart)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from .api import components_of
+from .learned import Served
+
+router = APIRouter(tags=["admin"])
+
+
+class ServedModels(BaseModel):
+    reranker: str | None = Field(description="Promoted learned reranker (None: shipped model or none).")
+    embedder: str | None = Field(description="Promoted learned embedder (None: the shipped embedder).")
+    collections: dict[str, str] = Field(description="Collection -> physical collection re-embedded by `embedder`.")
+    versions: list[dict[str, Any]] = Field(default_factory=list, description="Every learned version, oldest first.")
+
+    @classmethod
+    def of(cls, served: Served, versions: list[dict[str, Any]]) -> ServedModels:
+        return cls(reranker=served.reranker, embedder=served.embedder, collections=dict(served.collections or {}),
+                   versions=versions)
+
+
+def _versions(request: Request) -> list[dict[str, Any]]:
+    registry = components_of(request).registry
+    out = []
+    for version in registry.versions():
+        m = registry.manifest(version)
+        ev = m.get("evaluation", {})
+        out.append({"version": version, "kind": m.get("kind"), "created": m.get("created"), "base": m.get("base"),
+                    "better": ev.get("better"), "reason": ev.get("reason")})
+    return out
+
+
+@router.get("/v1/admin/models", response_model=ServedModels)
+def served_models(request: Request) -> ServedModels:
+    """The learned versions that serve now, and every version trained so far."""
+    return ServedModels.of(components_of(request).served, _versions(request))
+
+
+@router.post("/v1/admin/reload", response_model=ServedModels)
+async def reload_models(request: Request) -> ServedModels:
+    """Serve what the registry promotes now (after `python -m eval learn promote|rollback`); models load here."""
+    comp = components_of(request)
+
+    def reload() -> Served:
+        served = comp.reload_models()
+        comp.reranker  # noqa: B018  load now, not on the next question
+        for collection in served.collections or {}:
+            comp.embedder_for(collection)
+        return served
+
+    served = await run_in_threadpool(reload)
+    return ServedModels.of(served, _versions(request))
