@@ -26,13 +26,22 @@ from .models import REGISTRY, require_model
 from .query import Facets, Inference, collection_facets
 from .records import AnswerLog
 from .rerank import CrossEncoderReranker, Reranker
-from .retrieval import RetrievalMode, Retriever
+from .retrieval import RetrievalMode, Retriever, Route
 from .rewriting import Rewriter
 from .settings import Settings
 from .sparse import BM25Encoder
 from .store import Fusion, QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
+
+def learned_fusion(manifest: dict[str, Any], rrf_k: int) -> Fusion | None:
+    """The fusion weights a learned embedder version was tuned with, if any."""
+    f = manifest.get("fusion")
+    if not isinstance(f, dict):
+        return None
+    return Fusion(k=int(f.get("k", rrf_k)), dense_weight=float(f["dense_weight"]),
+                  sparse_weight=float(f["sparse_weight"]))
+
 
 _OLLAMA_TAG = re.compile(r"ollama:[A-Za-z0-9][\w.\-/]*(?::[\w.\-]+)?")
 
@@ -62,6 +71,7 @@ class Components:
         self._memory: FeedbackMemory | None = None
         self._served: Served | None = None
         self._learned_embedders: dict[str, Embedder] = {}
+        self._fusions: dict[str, Fusion | None] = {}  # learned embedder version -> its tuned fusion
         self._lock = threading.RLock()
 
     def _once(self, attr: str, build: Any) -> Any:
@@ -190,9 +200,18 @@ class Components:
                 self._learned_embedders[version] = cached
             return cached
 
-    def route(self, collection: str) -> tuple[Embedder, str]:
-        """(embedder, physical collection) that serve a collection."""
-        return self.embedder_for(collection), self.served.physical(collection)
+    def route(self, collection: str) -> Route:
+        """(embedder, physical collection, fusion) that serve a collection: a learned embedder's collections use
+        the fusion weights tuned with it (None: RETRIEVAL_* weights)."""
+        embedder = self.embedder_for(collection)
+        if embedder is self.embedder or not self.served.embedder:
+            return embedder, collection, None
+        version = self.served.embedder
+        with self._lock:
+            if version not in self._fusions:
+                self._fusions[version] = learned_fusion(self.registry.manifest(version), self.settings.retrieval.rrf_k)
+            fusion = self._fusions[version]
+        return embedder, self.served.physical(collection), fusion
 
     def facets(self, collection: str) -> Facets:
         """What a collection holds per document (companies, periods …), cached until its size changes."""

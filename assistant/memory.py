@@ -111,6 +111,7 @@ class FeedbackMemory:
         self._stamp: tuple[Any, ...] | None = None
         self._lessons: dict[str, list[Lesson]] = {}
         self._vectors: dict[str, np.ndarray] = {}
+        self._cache: dict[tuple[int, Any], tuple[Lesson, np.ndarray]] = {}  # (feedback id, updated_at) -> vector
 
     # --- loading -----------------------------------------------------------------------------------------
 
@@ -121,34 +122,48 @@ class FeedbackMemory:
         return tuple(row)
 
     def refresh(self) -> None:
-        """Reload the lessons if feedback was added or changed since the last load."""
+        """Reload the lessons if feedback was added or changed since the last load; only new or changed votes
+        are embedded again."""
         stamp = self._current_stamp()
         with self._lock:
             if stamp == self._stamp:
                 return
             query = (
-                sa.select(feedback.c.id, feedback.c.rating, feedback.c.reason, feedback.c.citation_marks,
-                          answers.c.collection, answers.c.question, answers.c.standalone_question,
-                          answers.c.citations)
+                sa.select(feedback.c.id, feedback.c.updated_at, feedback.c.rating, feedback.c.reason,
+                          feedback.c.citation_marks, answers.c.collection, answers.c.question,
+                          answers.c.standalone_question, answers.c.citations)
                 .join(answers, answers.c.id == feedback.c.answer_id)
                 .order_by(feedback.c.id)
             )
             with self.engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
-            by_collection: dict[str, list[Lesson]] = defaultdict(list)
+            lessons: list[tuple[Lesson, Any]] = []
+            fresh: list[tuple[Lesson, Any]] = []
             for row in rows:
                 lesson = lessons_of(dict(row))
-                if lesson is not None:
-                    by_collection[lesson.collection].append(lesson)
-            vectors = {}
-            for collection, lessons in by_collection.items():
-                vecs = self.embedder.embed_batch([lesson.question for lesson in lessons])
-                matrix = np.asarray(vecs, dtype=np.float32)
-                matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-12
-                vectors[collection] = matrix
-            self._lessons, self._vectors, self._stamp = dict(by_collection), vectors, stamp
-            log.info("feedback memory: %d lessons in %d collections",
-                     sum(len(v) for v in by_collection.values()), len(by_collection))
+                if lesson is None:
+                    continue
+                key = (lesson.feedback_id, row["updated_at"])
+                cached = self._cache.get(key)
+                lessons.append((lesson, key))
+                if cached is None or cached[0] != lesson:
+                    fresh.append((lesson, key))
+            if fresh:
+                vectors = self.embedder.embed_batch([lesson.question for lesson, _ in fresh])
+                for (lesson, key), vector in zip(fresh, vectors, strict=True):
+                    v = np.asarray(vector, dtype=np.float32)
+                    self._cache[key] = (lesson, v / (np.linalg.norm(v) + 1e-12))
+            keep = {key for _, key in lessons}
+            self._cache = {k: v for k, v in self._cache.items() if k in keep}
+            by_collection: dict[str, list[Lesson]] = defaultdict(list)
+            vecs: dict[str, list[np.ndarray]] = defaultdict(list)
+            for lesson, key in lessons:
+                by_collection[lesson.collection].append(lesson)
+                vecs[lesson.collection].append(self._cache[key][1])
+            self._lessons = dict(by_collection)
+            self._vectors = {c: np.stack(v) for c, v in vecs.items()}
+            self._stamp = stamp
+            log.debug("feedback memory: %d lessons (%d embedded now)", len(lessons), len(fresh))
 
     @property
     def size(self) -> int:

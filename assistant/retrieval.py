@@ -25,6 +25,7 @@ from .store import Filters, Fusion, VectorStore
 log = logging.getLogger(__name__)
 
 RetrievalMode = Literal["hybrid", "dense", "bm25"]
+Route = tuple[Embedder, str, Fusion | None]  # what serves a collection: embedder, physical collection, fusion
 RETRIEVAL_MODES: tuple[RetrievalMode, ...] = ("hybrid", "dense", "bm25")
 
 
@@ -50,8 +51,9 @@ class Retriever:
     inference: Inference | None = None  # infer filters from the question (None: never)
     facets: Callable[[str], Facets] | None = None  # what a collection holds, for `inference`
     memory: FeedbackMemory | None = None  # feedback on similar past questions moves chunks (None: off)
-    # collection -> (embedder, physical collection) for collections re-embedded by a learned embedder
-    route: Callable[[str], tuple[Embedder, str]] | None = None
+    # collection -> (embedder, physical collection, fusion or None) for collections re-embedded by a learned
+    # embedder (its fusion weights were tuned with it)
+    route: Callable[[str], Route] | None = None
 
     def __post_init__(self) -> None:
         if self.bm25_only and self.sparse is None:
@@ -72,7 +74,8 @@ class Retriever:
         if self.inference is not None and self.facets is not None:
             facets = self.facets(collection)
             filters, inferred = combine(infer_filters(question, facets, self.inference), filters, facets)
-        embedder, physical = self.route(collection) if self.route is not None else (self.embedder, collection)
+        embedder, physical, fusion = self.route(collection) if self.route is not None else \
+            (self.embedder, collection, None)
         vector = embed_one(embedder, question)
         embedded = time.perf_counter()
         depth = max(top_k, self.rerank_depth) if self.reranker is not None else top_k
@@ -82,7 +85,7 @@ class Retriever:
         else:  # BM25 alone (no dense vector) or fused with the dense ranking
             hits = self.store.search(physical, None if self.bm25_only else vector, depth, filters,
                                      sparse=self.sparse.encode_query(question), candidates=self.candidates,
-                                     fusion=self.fusion)
+                                     fusion=fusion or self.fusion)
             nearest = self.store.search(physical, vector, 1, filters)
             evidence = nearest[0].score if nearest else 0.0
         searched = time.perf_counter()

