@@ -13,7 +13,7 @@
    take a day), so ratings judge the evidence, which is what retrieval learning uses. Each user rates the
    answer through `POST /v1/feedback` (the real API, in-process): up when a cited source holds the gold
    passage (eval/matching.py), else down with reason `wrong_evidence`; with `--p-mark` they also mark each
-   citation useful or not, with `--p-correct` a down vote carries a correction (the gold passage text), and
+   citation useful or not, with `--p-correct` a down vote carries a correction (the gold passages' text), and
    with `--p-noise` the user gets it wrong (the rating and marks flipped). Twenty users in three segments.
 3. Feedback memory: recall@5 and MRR with and without memory, at each `--thresholds` value, on (a) `--repeat`
    of the asked questions asked again, (b) `--paraphrases`: asked questions reworded (by the LLM, committed
@@ -142,8 +142,9 @@ class Users:
                                 "segment": segment}
         if not good:
             body["reason"] = "wrong_evidence"
-            if self.rng.random() < self.p_correct and q.evidence and q.evidence[0].text:
-                body["correction"] = q.evidence[0].text
+            quoted = [e.text for e in q.evidence if e.text]
+            if quoted and self.rng.random() < self.p_correct:  # the user pastes the rules that answer it
+                body["correction"] = "\n\n".join(quoted)
         if cited and self.rng.random() < self.p_mark:
             body["citations"] = [{"n": i + 1, "useful": u} for i, u in enumerate(useful)]
         response = self.client.post("/v1/feedback", json=body)

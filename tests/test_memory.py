@@ -163,6 +163,9 @@ def test_a_correction_quoting_a_rule_becomes_its_evidence(memo: Components) -> N
         reply = client.post("/v1/feedback", json={"answer_id": answer_id, "rating": "down", "reason": "wrong_answer",
                                                    "correction": f"{rule}"})
         assert reply.status_code == 201, reply.text
+        both = client.post("/v1/feedback", json={"answer_id": answer_id, "rating": "down", "user_id": "c",
+                                                  "correction": f"{RULES[2][2]}\n\n{RULES[3][2]}"})
+        assert both.status_code == 201
         own_words = client.post("/v1/feedback", json={"answer_id": answer_id, "rating": "down", "user_id": "b",
                                                        "correction": "No idea, but not this."})
         assert own_words.status_code == 201
@@ -172,5 +175,6 @@ def test_a_correction_quoting_a_rule_becomes_its_evidence(memo: Components) -> N
     assert [(m["n"], m["point_id"], m["useful"], m["from"]) for m in marks["anonymous"]] == [
         (None, point("3.1.1"), True, "correction")]
     assert marks["b"] is None  # a correction in the user's own words matches no chunk closely
+    assert [m["point_id"] for m in marks["c"]] == [point("4.2.1"), point("4.2.2")]  # one chunk per quoted rule
     found = memo.retriever_for("hybrid", rerank=False, memory=True).search(question, COLLECTION, 3)
     assert found.hits[0].point_id == point("3.1.1")
