@@ -4,6 +4,7 @@
 #   make eval-dev                      # everything (about 4 hours on 2 CPU cores, mostly LLM answers)
 #   make eval-dev EVAL_STEPS=retrieval # retrieval runs only (about 1 hour)
 #   make reranker                      # EVAL_STEPS=reranker: train the cross-encoder into data/models
+#   make eval-dev EVAL_STEPS=feedback  # issue 6: the feedback simulation (about 1 hour)
 #
 # Each corpus gets its own embedded index (Qdrant Edge) under $EVAL_WORK/<corpus>/index (re-ingest is idempotent: an
 # unchanged file with an unchanged pipeline is skipped), full runs go to $EVAL_WORK/runs/<name>/ and
@@ -54,7 +55,7 @@ if [[ " $STEPS " == *" reranker "* ]]; then
     QDRANT_PATH="$WORK/adgm/index" "$PY" -m eval train-reranker "$OBLIQA" --collection adgm \
         --limit 800 --max-length 160 --no-progress
 fi
-if [[ " $STEPS " != *" retrieval "* && " $STEPS " != *" answers "* ]]; then
+if [[ " $STEPS " != *" retrieval "* && " $STEPS " != *" answers "* && " $STEPS " != *" feedback "* ]]; then
     exit 0
 fi
 "$PY" -m eval tatqa "$SHARED/tatqa/tatqa_dataset_dev.json" --out "$WORK/tatqa"
@@ -101,4 +102,28 @@ if [[ " $STEPS " == *" answers "* ]]; then
     run adgm "adgm-test30-answers" "$OBLIQA" --answers --split test --sample "$ADGM_SAMPLE" --seed "$SEED"
     run sec10q "sec10q-answers" "$SEC10Q" --answers --sample "$SEC10Q_SAMPLE" --seed "$SEED"
     run tatqa "tatqa-dev-judge" "$TATQA" --answers --context evidence --judge --sample 8 --seed 1
+fi
+
+if [[ " $STEPS " == *" feedback "* ]]; then
+    # Issue 6: simulated users' feedback on ObliQA dev → feedback memory, learned reranker / embedder versions.
+    # The simulation writes learned versions and re-embedded collections, so it works on its own copies of the
+    # ADGM and sec-10q indexes (about 1 hour on 2 cores; the learning runs are ~11 and ~18 minutes).
+    for sim in feedback-simulation feedback-simulation-diligent; do
+        rm -rf "$WORK/sim/$sim" "$WORK/sim/$sim-index"
+        mkdir -p "$WORK/sim/$sim-index"
+        cp -r "$WORK/adgm/index/adgm" "$WORK/sec10q/index/sec10q" "$WORK/sim/$sim-index/"
+        rm -f "$WORK/sim/$sim-index"/*/*.lock
+    done
+    QDRANT_PATH="$WORK/sim/feedback-simulation-index" "$PY" -m eval simulate "$OBLIQA" --collection adgm \
+        --out "$WORK/sim/feedback-simulation" --learn 1000 --repeat 300 --unseen 300 \
+        --paraphrases eval/sets/obliqa-dev-paraphrases.jsonl --thresholds 0.75,0.8,0.85,0.9 \
+        --train reranker,embedder --dev "$SEC10Q@sec10q" --no-progress
+    QDRANT_PATH="$WORK/sim/feedback-simulation-diligent-index" "$PY" -m eval simulate "$OBLIQA" --collection adgm \
+        --out "$WORK/sim/feedback-simulation-diligent" --learn 1000 --repeat 300 --unseen 300 \
+        --paraphrases eval/sets/obliqa-dev-paraphrases.jsonl --thresholds 0.85 --train "" --p-mark 1.0 \
+        --p-correct 1.0 --no-progress
+    for sim in feedback-simulation feedback-simulation-diligent; do
+        mkdir -p "$RESULTS/$sim"
+        cp "$WORK/sim/$sim/report.md" "$WORK/sim/$sim/report.json" "$RESULTS/$sim/"
+    done
 fi
