@@ -64,9 +64,11 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def client(tmp_path: Path, engine: sa.Engine) -> TestClient:
+def client(tmp_path: Path, engine: sa.Engine) -> Iterator[TestClient]:
     settings = make_settings(tmp_path / "data")
-    return TestClient(create_app(settings, Components(settings, engine=engine), preload=False))
+    components = Components(settings, engine=engine)
+    yield TestClient(create_app(settings, components, preload=False))
+    components.close()
 
 
 @pytest.fixture
