@@ -25,7 +25,7 @@ def test_the_question_names_the_filing_and_retrieval_keeps_to_it(sample_index: S
     got = retriever.search(APPLE_Q3, SAMPLE_COLLECTION, top_k=8)
     assert got.inferred_filters is not None and got.inferred_filters.get("ticker") == "AAPL"
     assert {h.chunk.source for h in got.hits} == {"2023 Q3 AAPL.pdf"}  # not the Q2 filing beside it
-    assert set(got.timings_ms) == {"embed", "search"}
+    assert set(got.timings_ms) == {"embed", "search", "memory"}  # feedback memory is on by default
     without = replace(retriever, inference=None).search(APPLE_Q3, SAMPLE_COLLECTION, top_k=8)
     assert without.inferred_filters is None
     assert {h.chunk.source for h in without.hits} != {"2023 Q3 AAPL.pdf"}  # the filter is what made the difference
