@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from .chunks import Chunk, ScoredChunk
 from .db import answers, feedback
 from .embedding import Embedder
+from .query import value_matches
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,7 @@ def matches_filters(chunk: Chunk, filters: Mapping[str, Any] | None) -> bool:
     if not filters:
         return True
     payload = chunk.payload()
-    for key, wanted in filters.items():
-        have = payload.get(key)
-        have_values = set(have) if isinstance(have, list | tuple) else {have}
-        wanted_values = set(wanted) if isinstance(wanted, list | tuple) else {wanted}
-        if not have_values & wanted_values:
-            return False
-    return True
+    return all(value_matches(payload.get(key), wanted) for key, wanted in filters.items())
 
 
 class FeedbackMemory:

@@ -88,13 +88,14 @@ class DocumentFacets:
 
     def matches(self, filters: Mapping[str, FilterValue]) -> bool:
         """Whether this document passes `filters`, as the store would decide (a list matches any value)."""
-        for key, wanted in filters.items():
-            have = getattr(self, key, None)
-            have_values = set(have) if isinstance(have, tuple) else {have}
-            wanted_values = set(wanted) if isinstance(wanted, list) else {wanted}
-            if not have_values & wanted_values:
-                return False
-        return True
+        return all(value_matches(getattr(self, key, None), wanted) for key, wanted in filters.items())
+
+
+def value_matches(have: Any, wanted: Any) -> bool:
+    """Whether a field's value (or any of its values) is the filter's value (or one of its values)."""
+    have_values = set(have) if isinstance(have, list | tuple) else {have}
+    wanted_values = set(wanted) if isinstance(wanted, list | tuple) else {wanted}
+    return bool(have_values & wanted_values)
 
 
 @dataclass(frozen=True)
