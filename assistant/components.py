@@ -34,6 +34,7 @@ from .store import Fusion, QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
 
+
 def learned_fusion(manifest: dict[str, Any], rrf_k: int) -> Fusion | None:
     """The fusion weights a learned embedder version was tuned with, if any."""
     f = manifest.get("fusion")
@@ -171,8 +172,7 @@ class Components:
         MEMORY_ENABLED; False leaves feedback memory out (baselines); True requires it.
         """
         sparse = self.sparse if mode in ("hybrid", "bm25") else None
-        use = rerank if rerank is not None else bool(self.served.reranker) or self.settings.rerank.enabled
-        reranker = self.reranker if use else None
+        reranker = self.reranker if (rerank if rerank is not None else self.reranks_by_default) else None
         if rerank and reranker is None:
             raise ComponentUnavailable(
                 f"no reranker model at {self.settings.reranker_path}; build it with `make reranker`"
@@ -263,11 +263,16 @@ class Components:
     def versions_for(self, collection: str) -> dict[str, object]:
         """What serves a collection's answers: embedder, reranker (None: no reranking), physical index, memory."""
         served = self.served
-        reranker = self.reranker if served.reranker or self.settings.rerank.enabled else None
+        reranker = self.reranker if self.reranks_by_default else None
         return {
             "embedder": self.embedder_for(collection).name, "reranker": reranker.name if reranker is not None else None,
             "index": served.physical(collection), "memory": self.settings.memory.enabled,
         }
+
+    @property
+    def reranks_by_default(self) -> bool:
+        """Whether serving reranks: a learned reranker is promoted, or RERANK_ENABLED."""
+        return bool(self.served.reranker) or self.settings.rerank.enabled
 
     @property
     def reranker(self) -> Reranker | None:

@@ -82,6 +82,21 @@ def lessons_of(row: Mapping[str, Any]) -> Lesson | None:
                   tuple(dict.fromkeys(wrong)))
 
 
+def lesson_rows(engine: sa.Engine, collection: str | None = None) -> list[dict[str, Any]]:
+    """Every vote joined with its answer, oldest first, with the keys `lessons_of` reads (and `updated_at`)."""
+    query = (
+        sa.select(feedback.c.id, feedback.c.updated_at, feedback.c.rating, feedback.c.reason,
+                  feedback.c.citation_marks, answers.c.collection, answers.c.question,
+                  answers.c.standalone_question, answers.c.citations)
+        .join(answers, answers.c.id == feedback.c.answer_id)
+        .order_by(feedback.c.id)
+    )
+    if collection:
+        query = query.where(answers.c.collection == collection)
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
 def matches_filters(chunk: Chunk, filters: Mapping[str, Any] | None) -> bool:
     """Whether a chunk passes request filters (field → value or list of values), as the store decides."""
     if not filters:
@@ -123,19 +138,11 @@ class FeedbackMemory:
         with self._lock:
             if stamp == self._stamp:
                 return
-            query = (
-                sa.select(feedback.c.id, feedback.c.updated_at, feedback.c.rating, feedback.c.reason,
-                          feedback.c.citation_marks, answers.c.collection, answers.c.question,
-                          answers.c.standalone_question, answers.c.citations)
-                .join(answers, answers.c.id == feedback.c.answer_id)
-                .order_by(feedback.c.id)
-            )
-            with self.engine.connect() as conn:
-                rows = conn.execute(query).mappings().all()
+            rows = lesson_rows(self.engine)
             lessons: list[tuple[Lesson, Any]] = []
             fresh: list[tuple[Lesson, Any]] = []
             for row in rows:
-                lesson = lessons_of(dict(row))
+                lesson = lessons_of(row)
                 if lesson is None:
                     continue
                 key = (lesson.feedback_id, row["updated_at"])

@@ -49,11 +49,10 @@ from tqdm import tqdm
 
 from assistant.chunks import ScoredChunk, passage_text
 from assistant.components import Components, learned_fusion
-from assistant.db import answers, feedback
 from assistant.embedding import Embedder, SentenceTransformerEmbedder
 from assistant.errors import FinragError
 from assistant.learned import MANIFEST, Kind, Registry, now
-from assistant.memory import lessons_of
+from assistant.memory import lesson_rows, lessons_of
 from assistant.rerank import CrossEncoderReranker, Reranker
 from assistant.retrieval import Retriever, Route
 from assistant.settings import Settings
@@ -92,18 +91,10 @@ def normalise(question: str) -> str:
 
 def load_cases(engine: sa.Engine, collection: str | None = None) -> tuple[list[Case], int]:
     """Cases from feedback (see the module docs), and the number of feedback rows read."""
-    query = (
-        sa.select(feedback.c.id, feedback.c.rating, feedback.c.reason, feedback.c.citation_marks,
-                  answers.c.collection, answers.c.question, answers.c.standalone_question, answers.c.citations)
-        .join(answers, answers.c.id == feedback.c.answer_id).order_by(feedback.c.id)
-    )
-    if collection:
-        query = query.where(answers.c.collection == collection)
-    with engine.connect() as conn:
-        rows = conn.execute(query).mappings().all()
+    rows = lesson_rows(engine, collection)
     merged: dict[tuple[str, str], Case] = {}
     for row in rows:
-        lesson = lessons_of(dict(row))
+        lesson = lessons_of(row)
         if lesson is None:
             continue
         key = (lesson.collection, normalise(lesson.question))
@@ -220,12 +211,19 @@ def evaluate_questions(variant: Variant, questions: Sequence[Question], collecti
     firsts: list[int | None] = []
     recalls: list[float] = []
     for q in tqdm(questions, desc=f"dev {variant.name}", unit="q", disable=not progress):
-        hits = variant.search(q.question, collection, DEPTH)
-        ranks = match_ranks(q.evidence, [h.chunk for h in hits])
-        firsts.append(next((i + 1 for i, m in enumerate(ranks) if m), None))
-        found = {e for m in ranks[:10] for e in m}
-        recalls.append(len(found) / len(q.evidence) if q.evidence else 0.0)
+        first, recall = evidence_rank(q, variant.search(q.question, collection, DEPTH), 10)
+        firsts.append(first)
+        recalls.append(recall)
     return rank_metrics(firsts, recalls)
+
+
+def evidence_rank(q: Question, hits: Sequence[ScoredChunk], k: int) -> tuple[int | None, float]:
+    """The 1-based rank of the first hit holding a gold passage (None: none), and the share of the question's
+    gold passages held by the first `k` hits (eval/matching.py)."""
+    ranks = match_ranks(q.evidence, [h.chunk for h in hits])
+    first = next((i + 1 for i, m in enumerate(ranks) if m), None)
+    found = {e for m in ranks[:k] for e in m}
+    return first, len(found) / len(q.evidence) if q.evidence else 0.0
 
 
 @dataclass

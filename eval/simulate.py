@@ -109,11 +109,8 @@ def rank_quality(retriever: Retriever, questions: Sequence[Question], collection
     """recall@k (share of gold evidence items in the top k), hit@k and MRR over `questions`."""
     recalls, hits, rr = [], [], []
     for q in tqdm(questions, desc=desc, unit="q", disable=not progress):
-        found = retriever.search(q.question, collection, max(k, 10)).hits
-        ranks = match_ranks(q.evidence, [h.chunk for h in found])
-        first = next((i + 1 for i, m in enumerate(ranks) if m), None)
-        matched = {e for m in ranks[:k] for e in m}
-        recalls.append(len(matched) / len(q.evidence))
+        first, recall = learn.evidence_rank(q, retriever.search(q.question, collection, max(k, 10)).hits, k)
+        recalls.append(recall)
         hits.append(1.0 if first and first <= k else 0.0)
         rr.append(1 / first if first else 0.0)
     n = len(questions) or 1
