@@ -272,7 +272,7 @@ class Answerer:
             return answer
         if unsupported:
             warnings.append("figures not found in (or computable from) the cited sources: " + ", ".join(unsupported))
-        citations = [make_citation(n, hits[n - 1]) for n in cited]
+        citations = [make_citation(n, hits[n - 1], text) for n in cited]
         return Answer(text, citations, list(hits), False, model, prompt.version, timings, warnings,
                       unsupported_numbers=unsupported, calculation=calculation)
 

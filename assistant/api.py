@@ -18,14 +18,16 @@ from .chat import ChatService, RecordedAnswer
 from .components import Components
 from .corrections import correction_sources
 from .db import documents
-from .errors import FinragError
+from .errors import FinragError, UnknownCollection
 from .feedback_stats import feedback_stats
+from .learned import is_reembedded
 from .records import FeedbackLog
 from .schemas import (
     ChatRequest,
     ChatResponse,
     CollectionOut,
     ComponentHealth,
+    FacetsOut,
     FeedbackRequest,
     FeedbackResponse,
     FeedbackStatsResponse,
@@ -160,8 +162,25 @@ def list_collections(request: Request) -> list[CollectionOut]:
         counts: dict[str, int] = dict(conn.execute(
             sa.select(documents.c.collection, sa.func.count()).group_by(documents.c.collection)
         ).all())
-    return [CollectionOut(name=name, chunks=comp.store.count(name), documents=int(counts.get(name, 0)))
-            for name in comp.store.collections()]
+    return [CollectionOut(name=name, chunks=comp.store.count(name), documents=int(counts.get(name, 0)),
+                          default=name == comp.settings.collection)
+            for name in comp.store.collections() if not is_reembedded(name)]
+
+
+@router.get("/v1/collections/{collection}/facets", response_model=FacetsOut, tags=["collections"])
+def collection_facets(collection: str, request: Request) -> FacetsOut:
+    """What the collection's documents can be filtered by (companies, forms, periods, regulation families)."""
+    comp = components_of(request)
+    if collection not in comp.store.collections():
+        raise UnknownCollection(f"no collection named {collection!r}; GET /v1/collections lists them")
+    facets = comp.facets(collection)
+
+    def values(name: str) -> list[Any]:
+        return sorted(facets.values(name), key=lambda v: (str(type(v)), v))
+
+    return FacetsOut(documents=len(facets.documents), company=values("company"), ticker=values("ticker"),
+                     doc_kind=values("doc_kind"), period=values("period"), fiscal_year=values("fiscal_year"),
+                     fiscal_quarter=values("fiscal_quarter"), family=values("family"))
 
 
 @router.get("/health", response_model=HealthResponse, tags=["health"])

@@ -19,8 +19,10 @@ from .admin_api import router as admin_router
 from .api import router
 from .components import Components
 from .conversations_api import router as conversations_router
+from .documents_api import router as documents_router
 from .errors import FinragError
 from .openai_api import router as openai_router
+from .reports_api import router as reports_router
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.include_router(router)
     app.include_router(conversations_router)
     app.include_router(admin_router)
+    app.include_router(documents_router)  # documents, uploads, ingest jobs
+    app.include_router(reports_router)
     app.include_router(openai_router)  # its errors take OpenAI's shape
 
     @app.exception_handler(FinragError)

@@ -32,6 +32,17 @@ class Turn:
     inferred_filters: dict[str, Any] | None = None
     answer_id: str | None = None  # stored turns only
     created_at: datetime | None = None
+    citations: list[dict[str, Any]] | None = None  # stored turns: as recorded ({n, point_id, source, pages ...})
+    refused: bool | None = None
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    id: str
+    collection: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,18 @@ class Conversations:
         return Conversation(row["id"], row["collection"], row["title"], row["created_at"], row["updated_at"],
                             [_turn(r) for r in rows])
 
+    def recent(self, limit: int = 50, collection: str | None = None) -> list[ConversationSummary]:
+        """Conversations with at least one answer, most recently continued first."""
+        query = sa.select(conversations).where(conversations.c.title.is_not(None))
+        if collection is not None:
+            query = query.where(conversations.c.collection == collection)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                query.order_by(conversations.c.updated_at.desc(), conversations.c.id).limit(limit)
+            ).mappings().all()
+        return [ConversationSummary(r["id"], r["collection"], r["title"], r["created_at"], r["updated_at"])
+                for r in rows]
+
     @staticmethod
     def _row(conn: sa.Connection, conversation_id: str) -> sa.RowMapping:
         row = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
@@ -106,6 +129,7 @@ def unknown_conversation(conversation_id: str) -> UnknownConversation:
 
 def _turn(row: sa.RowMapping) -> Turn:
     return Turn(question=row["question"], answer=row["answer"], standalone=row["standalone_question"],
-                inferred_filters=row["inferred_filters"], answer_id=row["id"], created_at=row["created_at"])
+                inferred_filters=row["inferred_filters"], answer_id=row["id"], created_at=row["created_at"],
+                citations=list(row["citations"] or []), refused=bool(row["refused"]))
 
 

@@ -1,13 +1,14 @@
-"""HTTP routes of conversations: read one back with its turns. Include `router` in the app."""
+"""HTTP routes of conversations: list them, read one back with its turns. Include `router` in the app."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from .conversations import Conversations
+from .schemas import UtcDatetime
 
 router = APIRouter()
 
@@ -19,16 +20,33 @@ class TurnOut(BaseModel):
         description="What retrieval and the LLM answered: the question rewritten with the conversation's history."
     )
     answer: str
-    created_at: datetime
+    created_at: UtcDatetime
+    refused: bool = Field(default=False, description="True when the documents did not contain the answer.")
+    citations: list[dict[str, Any]] = Field(
+        default_factory=list, description="As recorded: {n, point_id, doc_id, source, pages, section, snippet, "
+        "score, quote} (answers recorded before a field existed lack it).",
+    )
 
 
-class ConversationOut(BaseModel):
+class ConversationSummaryOut(BaseModel):
     id: str
     collection: str
     title: str | None = Field(description="The first question, truncated.")
-    created_at: datetime
-    updated_at: datetime = Field(description="When its latest answer was recorded.")
+    created_at: UtcDatetime
+    updated_at: UtcDatetime = Field(description="When its latest answer was recorded.")
+
+
+class ConversationOut(ConversationSummaryOut):
     turns: list[TurnOut] = Field(description="Oldest first.")
+
+
+@router.get("/v1/conversations", response_model=list[ConversationSummaryOut], tags=["conversations"])
+def list_conversations(request: Request, collection: str | None = None,
+                       limit: int = Query(default=50, ge=1, le=500)) -> list[ConversationSummaryOut]:
+    """Conversations with at least one answer, most recently continued first (optionally of one collection)."""
+    return [ConversationSummaryOut(id=c.id, collection=c.collection, title=c.title, created_at=c.created_at,
+                                   updated_at=c.updated_at)
+            for c in Conversations(request.app.state.components.engine).recent(limit, collection)]
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationOut, tags=["conversations"])
@@ -38,5 +56,6 @@ def get_conversation(conversation_id: str, request: Request) -> ConversationOut:
     return ConversationOut(
         id=c.id, collection=c.collection, title=c.title, created_at=c.created_at, updated_at=c.updated_at,
         turns=[TurnOut(answer_id=t.answer_id or "", question=t.question, standalone_question=t.standalone,
-                       answer=t.answer, created_at=t.created_at or c.created_at) for t in c.turns],
+                       answer=t.answer, created_at=t.created_at or c.created_at, refused=bool(t.refused),
+                       citations=t.citations or []) for t in c.turns],
     )

@@ -240,13 +240,16 @@ class EdgeStore:
             for p in shard.query(request)
         ]
 
-    def scroll_chunks(self, collection: str, batch: int = 512) -> Iterable[tuple[str, Chunk]]:
-        """Every chunk of a collection (used by baselines and maintenance)."""
+    def scroll_chunks(
+        self, collection: str, batch: int = 512, doc_id: str | None = None
+    ) -> Iterable[tuple[str, Chunk]]:
+        """Every chunk of a collection, or of one document's (baselines, maintenance, the document view)."""
         shard = self._shard(collection)
+        flt = edge_filter(build_doc_filter(doc_id))
         offset: Any = None
         while True:
             records, offset = shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=False)
+                qe.ScrollRequest(offset=offset, limit=batch, filter=flt, with_payload=True, with_vector=False)
             )
             for r in records:
                 yield str(r.id), Chunk.from_payload(r.payload or {})

@@ -2,12 +2,20 @@
 
     FinragError (500)
     ├── BadRequest (422)            the request is well-formed JSON but cannot be served as asked
-    │   └── InvalidFilter
+    │   ├── InvalidFilter
+    │   ├── InvalidCollectionName
+    │   └── UploadRejected          no file of an upload can be accepted (the reasons say why)
     ├── NotFound (404)
     │   ├── UnknownAnswer
     │   ├── UnknownCollection
-    │   └── UnknownConversation
+    │   ├── UnknownConversation
+    │   ├── UnknownDocument
+    │   ├── UnknownChunk
+    │   ├── UnknownJob
+    │   └── FileMissing             a registered document's file is gone from disk
     ├── IndexLocked (409)           embedded Qdrant is open in another process
+    ├── DocumentBusy (409)          an ingest job is working on the document
+    ├── UploadTooLarge (413)        the request body is past what any accepted upload can be
     └── ComponentUnavailable (503)  the LLM, the store or the embedder cannot serve
         └── ModelMissing            model weights were not fetched yet
 
@@ -36,6 +44,14 @@ class InvalidFilter(BadRequest):
     code = "invalid_filter"
 
 
+class InvalidCollectionName(BadRequest):
+    code = "invalid_collection"
+
+
+class UploadRejected(BadRequest):
+    code = "upload_rejected"
+
+
 class NotFound(FinragError):
     status_code = 404
     code = "not_found"
@@ -53,9 +69,35 @@ class UnknownConversation(NotFound):
     code = "unknown_conversation"
 
 
+class UnknownDocument(NotFound):
+    code = "unknown_document"
+
+
+class UnknownChunk(NotFound):
+    code = "unknown_chunk"
+
+
+class UnknownJob(NotFound):
+    code = "unknown_job"
+
+
+class FileMissing(NotFound):
+    code = "file_missing"
+
+
 class IndexLocked(FinragError):
     status_code = 409
     code = "index_locked"
+
+
+class DocumentBusy(FinragError):
+    status_code = 409
+    code = "document_busy"
+
+
+class UploadTooLarge(FinragError):
+    status_code = 413
+    code = "upload_too_large"
 
 
 class ComponentUnavailable(FinragError):

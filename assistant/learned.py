@@ -35,6 +35,17 @@ KINDS: tuple[Kind, ...] = ("reranker", "embedder")
 MANIFEST = "manifest.json"
 REGISTRY = "registry.json"
 _VERSION = re.compile(r"(reranker|embedder)-(\d{4})")
+_REEMBEDDED = re.compile(r".+--embedder-\d{4}")
+
+
+def physical_name(collection: str, version: str) -> str:
+    """The physical collection holding `collection` re-embedded by the learned embedder `version`."""
+    return f"{collection}--{version}"
+
+
+def is_reembedded(physical: str) -> bool:
+    """Whether a physical collection is a learned embedder's copy of another (not one users name)."""
+    return bool(_REEMBEDDED.fullmatch(physical))
 
 
 class UnknownVersion(FinragError):

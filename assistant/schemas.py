@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 if TYPE_CHECKING:
     from .answering import Citation
     from .chat import RecordedAnswer
     from .feedback_stats import FeedbackStats, Tally
 
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the database stores UTC, so say so (clients show local time)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 FilterValues = dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]]
 GENERATOR_HELP = (
     "Generator to answer with instead of the collection's or the server's default: an embedded model name "
@@ -54,6 +61,11 @@ class CitationOut(BaseModel):
     snippet: str
     score: float
     point_id: str
+    doc_id: str = Field(default="", description="The document: GET /v1/documents/{doc_id}/file (#page=N for PDFs).")
+    quote: str | None = Field(
+        default=None, description="The source's sentence that best supports the answer's sentences citing [n] "
+        "(null for a source shown without an answer, e.g. closest sources of a refusal).",
+    )
 
     @classmethod
     def of(cls, citation: Citation) -> CitationOut:
@@ -249,6 +261,20 @@ class CollectionOut(BaseModel):
     name: str
     chunks: int
     documents: int
+    default: bool = Field(default=False, description="The collection a request without `collection` searches.")
+
+
+class FacetsOut(BaseModel):
+    """The values the filters of POST /v1/chat can take in a collection, each sorted."""
+
+    documents: int
+    company: list[str]
+    ticker: list[str]
+    doc_kind: list[str] = Field(description="Form or kind: 10-K, 10-Q, rulebook, guidance …")
+    period: list[str] = Field(description="Period ends as the filings print them, e.g. \"July 1, 2023\".")
+    fiscal_year: list[int]
+    fiscal_quarter: list[str]
+    family: list[str] = Field(description="Regulation families (rulebooks): COBS, AML …")
 
 
 # --- the OpenAI-compatible API (/v1/models, /v1/chat/completions) -------------------------------------------

@@ -271,6 +271,17 @@ class ChunkingSettings(_Section):
         return self
 
 
+class UploadSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="UPLOAD_", env_file=ENV_FILE, extra="ignore")
+
+    max_mb: float = Field(
+        default=50.0, gt=0,
+        description="Largest file accepted by POST /v1/documents, in MB (10^6 bytes); a larger one is rejected "
+        "as soon as it passes the limit.",
+    )
+    max_files: int = Field(default=20, ge=1, le=1000, description="Most files in one upload request.")
+
+
 class Settings(_Section):
     """The whole configuration. Build it with `Settings.load()` at an entry point."""
 
@@ -288,6 +299,10 @@ class Settings(_Section):
     port: int = Field(default=8000, description="Port the API listens on.")
     log_level: str = Field(default="INFO", description="Python logging level.")
     max_question_chars: int = Field(default=2000, ge=10, description="Longest accepted question.")
+    eval_results_dir: Path | None = Field(
+        default=None, description="Evaluation reports the web UI's evaluation page lists (folders with "
+        "summary.json from `python -m eval run --out`). Default: the repository's eval/results.",
+    )
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
@@ -300,6 +315,7 @@ class Settings(_Section):
     grounding: GroundingSettings = Field(default_factory=GroundingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     learn: LearnSettings = Field(default_factory=LearnSettings)
+    upload: UploadSettings = Field(default_factory=UploadSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -325,6 +341,10 @@ class Settings(_Section):
         return self.store.path or self.data_dir / ("qdrant-edge" if self.store.engine == "edge" else "qdrant")
 
     @property
+    def eval_results(self) -> Path:
+        return self.eval_results_dir or Path(__file__).resolve().parents[1] / "eval" / "results"
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
@@ -345,5 +365,6 @@ class Settings(_Section):
 
 _SECTIONS = (
     StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings,
-    RerankSettings, GroundingSettings, ConversationSettings, MemorySettings, LearnSettings, Settings,
+    RerankSettings, GroundingSettings, ConversationSettings, MemorySettings, LearnSettings, UploadSettings,
+    Settings,
 )

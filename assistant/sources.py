@@ -35,6 +35,8 @@ class Citation:
     section: str | None
     snippet: str
     score: float
+    doc_id: str = ""  # the document (GET /v1/documents/{doc_id}/file)
+    quote: str | None = None  # the source's sentence that best supports the answer's sentences citing [n]
 
 
 def page_list(hit: ScoredChunk) -> list[int]:
@@ -107,12 +109,40 @@ def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[i
     return cleaned.strip(), cited, dropped
 
 
-def make_citation(n: int, hit: ScoredChunk) -> Citation:
+def make_citation(n: int, hit: ScoredChunk, answer: str | None = None) -> Citation:
+    """Citation [n] of `hit`; with the `answer` text, also the source sentence that supports it best."""
     text = " ".join(hit.chunk.text.split())
     return Citation(
         n=n, point_id=hit.point_id, source=hit.chunk.source, pages=page_list(hit), section=hit.chunk.section,
-        snippet=text[:SNIPPET_CHARS], score=round(hit.score, 4),
+        snippet=text[:SNIPPET_CHARS], score=round(hit.score, 4), doc_id=hit.chunk.doc_id,
+        quote=supporting_quote(answer, n, text) if answer else None,
     )
+
+
+_SOURCE_PART = re.compile(r"(?<=[.!?;:])\s+|\s*\n\s*|\s{3,}")  # sentences, clauses, lines, table cells
+
+
+def supporting_quote(answer: str, n: int, source: str) -> str | None:
+    """The sentence (or table line) of `source` sharing most content words and figures with the answer's
+    sentences that cite `[n]`: what a reader should look at first. None when nothing is shared."""
+    citing = [part for part in _PART_END.split(answer) if any(n in _numbers(m) for m in CITE.findall(part))]
+    words = {w for part in citing for w in _TOKENS.tokens(CITE.sub(" ", part))}
+    figures = {f for part in citing for f in _FIGURE.findall(part)}
+    if not words and not figures:
+        return None
+    best, best_score = None, 0.0
+    for part in _SOURCE_PART.split(source):
+        part = part.strip()
+        if len(part) < 3:
+            continue
+        score = len(words & set(_TOKENS.tokens(part))) + 2.0 * len(figures & set(_FIGURE.findall(part)))
+        if score > best_score:
+            best, best_score = part, score
+    return best
+
+
+def _numbers(group: str) -> list[int]:
+    return [int(x) for x in re.split(r"\s*[,;]\s*", group)]
 
 
 _FIGURE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d{3,}")

@@ -59,7 +59,11 @@ class VectorStore(Protocol):
     ) -> None: ...
     def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None: ...
     def count(self, collection: str, doc_id: str | None = None) -> int: ...
-    def scroll_chunks(self, collection: str, batch: int = 512) -> Iterable[tuple[str, Chunk]]: ...
+    def scroll_chunks(
+        self, collection: str, batch: int = 512, doc_id: str | None = None
+    ) -> Iterable[tuple[str, Chunk]]:
+        """(point id, chunk) of every chunk of a collection, or of one document's with `doc_id`."""
+        ...
     def get_chunks(self, collection: str, point_ids: Sequence[str]) -> dict[str, Chunk]:
         """The chunks of the given point ids that exist (missing ids are left out)."""
         ...
@@ -275,11 +279,15 @@ class QdrantStore:
             for p in response.points
         ]
 
-    def scroll_chunks(self, collection: str, batch: int = 512) -> Iterable[tuple[str, Chunk]]:
-        """Every chunk of a collection (used by baselines and maintenance)."""
+    def scroll_chunks(
+        self, collection: str, batch: int = 512, doc_id: str | None = None
+    ) -> Iterable[tuple[str, Chunk]]:
+        """Every chunk of a collection, or of one document's (baselines, maintenance, the document view)."""
         offset: Any = None
+        flt = build_doc_filter(doc_id)
         while True:
-            points, offset = self._client.scroll(collection, limit=batch, offset=offset, with_payload=True)
+            points, offset = self._client.scroll(collection, scroll_filter=flt, limit=batch, offset=offset,
+                                                 with_payload=True)
             for p in points:
                 yield str(p.id), Chunk.from_payload(p.payload or {})
             if offset is None:

@@ -51,7 +51,7 @@ from assistant.chunks import ScoredChunk, passage_text
 from assistant.components import Components, learned_fusion
 from assistant.embedding import Embedder, SentenceTransformerEmbedder
 from assistant.errors import FinragError
-from assistant.learned import MANIFEST, Kind, Registry, now
+from assistant.learned import MANIFEST, Kind, Registry, now, physical_name
 from assistant.memory import lesson_rows, lessons_of
 from assistant.rerank import CrossEncoderReranker, Reranker
 from assistant.retrieval import Retriever, Route
@@ -649,7 +649,7 @@ def _train_embedder_and_reembed(
     collections: dict[str, Any] = {}
     t = time.perf_counter()
     for collection in sorted({c.collection for c in cases}):
-        physical = f"{collection}--{version}"
+        physical = physical_name(collection, version)
         points = reembed(components, embedder, collection, physical, progress)
         collections[collection] = {"physical": physical, "points": points, "complete": True}
         manifest["collections"] = collections

@@ -5,6 +5,11 @@ A document is identified by (collection, resolved path). Its file hash and the p
 changed → new chunks are upserted first, then the old version's chunks are deleted, so a failure midway
 never leaves the document without chunks; unreadable → reported, and whatever was indexed before stays.
 `prune` drops documents whose files no longer exist.
+
+`Ingestor.ingest` runs a list of paths for the CLI (progress bars, one `IngestReport`); `Ingestor.ingest_file`
+runs one file and says what became of it (`FileOutcome`), for the upload API's job runner (ingest.jobs).
+`on_progress(path, stage, done, total)` is told "parsing" (0, 0) before a file is read and "embedding"
+(chunks done, chunks in all) before its first batch and after each.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from tqdm import tqdm
@@ -25,8 +31,10 @@ from assistant.chunks import passage_text
 from assistant.components import Components
 from assistant.db import documents
 
-from .chunking import Chunker
 from .loading import SUPPORTED, LoadError, load
+
+if TYPE_CHECKING:
+    from .chunking import Chunker
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,18 @@ class IngestReport:
     pruned: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def add(self, outcome: FileOutcome) -> None:
+        if outcome.status == "failed":
+            self.failed.append((str(outcome.path), outcome.error or "failed"))
+            return
+        if outcome.status == "indexed":
+            self.indexed += 1
+        else:
+            self.unchanged += 1
+        self.pages += outcome.pages
+        self.chunks += outcome.chunks
+        self.embedded += outcome.embedded
+
     def summary(self) -> str:
         lines = [
             f"files: {self.files} ({self.indexed} indexed, {self.unchanged} unchanged, "
@@ -58,6 +78,24 @@ class IngestReport:
         ]
         lines += [f"FAILED {path}: {reason}" for path, reason in self.failed]
         return "\n".join(lines)
+
+
+FileStatus = Literal["indexed", "unchanged", "failed"]
+Progress = Callable[[Path, str, int, int], None]  # (path, "parsing" | "embedding", done, total)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What became of one file: indexed (a new version embedded), unchanged (nothing to do) or failed (`error`
+    says why in one line; whatever was indexed before stays)."""
+
+    path: Path
+    doc_id: str
+    status: FileStatus
+    error: str | None = None
+    pages: int = 0
+    chunks: int = 0
+    embedded: int = 0
 
 
 def doc_id_for(collection: str, path: Path) -> str:
@@ -95,17 +133,20 @@ def discover(paths: Iterable[Path], report: IngestReport) -> list[Path]:
 
 
 class Ingestor:
-    """One code path for ingesting, used by the CLI and (later) the API."""
+    """One code path for ingesting, used by the CLI and the upload API (ingest.jobs)."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, *, on_progress: Progress | None = None) -> None:
         self.components = components
         self.store = components.store
         self.engine = components.engine
+        self.on_progress = on_progress
         self._chunker: Chunker | None = None
 
     @property
     def chunker(self) -> Chunker:
         if self._chunker is None:
+            from .chunking import Chunker  # llama-index: imported once something is chunked, not by the API's import
+
             embedder = self.components.embedder
             tokenize = getattr(embedder, "tokenize", None) or (lambda s: s.split())
             c = self.components.settings.chunking
@@ -130,13 +171,7 @@ class Ingestor:
         with tqdm(total=len(files), desc="files", unit="file", disable=not progress) as bar:
             for path in files:
                 bar.set_postfix_str(path.name[:40])
-                try:
-                    self._ingest_file(path, collection, report, progress)
-                except LoadError as exc:
-                    report.failed.append((str(path), str(exc)))
-                    log.warning("%s: %s", path, exc)
-                except OSError as exc:
-                    report.failed.append((str(path), f"cannot read file: {exc.strerror or exc}"))
+                report.add(self.ingest_file(path, collection, progress=progress))
                 bar.update(1)
         if prune:
             report.pruned = self.prune(collection)
@@ -144,7 +179,22 @@ class Ingestor:
         log.info("ingest into %s done in %.1fs", collection, report.seconds)
         return report
 
-    def _ingest_file(self, path: Path, collection: str, report: IngestReport, progress: bool) -> None:
+    def ingest_file(self, path: Path, collection: str, *, progress: bool = False) -> FileOutcome:
+        """Ingest one file into `collection`; a file that cannot be read comes back `failed` with the reason."""
+        try:
+            return self._ingest_file(path, collection, progress)
+        except LoadError as exc:
+            log.warning("%s: %s", path, exc)
+            return FileOutcome(path, doc_id_for(collection, path), "failed", str(exc))
+        except OSError as exc:
+            return FileOutcome(path, doc_id_for(collection, path), "failed",
+                               f"cannot read file: {exc.strerror or exc}")
+
+    def _progress(self, path: Path, stage: str, done: int = 0, total: int = 0) -> None:
+        if self.on_progress is not None:
+            self.on_progress(path, stage, done, total)
+
+    def _ingest_file(self, path: Path, collection: str, progress: bool) -> FileOutcome:
         file_hash = file_sha256(path)
         doc_id = doc_id_for(collection, path)
         physical = self.components.served.physical(collection)  # re-embedded by a learned embedder?
@@ -152,10 +202,8 @@ class Ingestor:
             row = conn.execute(sa.select(documents).where(documents.c.id == doc_id)).mappings().first()
         if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline
                 and self.store.count(physical, doc_id) == row["chunks"]):
-            report.unchanged += 1
-            report.pages += row["pages"] or 0
-            report.chunks += row["chunks"]
-            return
+            return FileOutcome(path, doc_id, "unchanged", pages=row["pages"] or 0, chunks=row["chunks"])
+        self._progress(path, "parsing")
         doc = load(path)
         chunks = self.chunker.chunk(doc, doc_id, file_hash)
         if not chunks:
@@ -163,6 +211,7 @@ class Ingestor:
         embedder = self.components.embedder_for(collection)
         self.store.ensure_collection(physical, embedder.dim)
         batch = 64
+        self._progress(path, "embedding", 0, len(chunks))
         with tqdm(total=len(chunks), desc="  chunks", unit="chunk", leave=False, disable=not progress) as bar:
             for start in range(0, len(chunks), batch):
                 part = chunks[start : start + batch]
@@ -171,6 +220,7 @@ class Ingestor:
                 sparse = [self.components.sparse.encode_document(t) for t in texts]
                 self.store.upsert(physical, part, vectors, sparse)
                 bar.update(len(part))
+                self._progress(path, "embedding", start + len(part), len(chunks))
         self.store.delete_document(physical, doc_id, keep_file_hash=file_hash)
         record = {
             "collection": collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
@@ -183,10 +233,8 @@ class Ingestor:
                 conn.execute(sa.update(documents).where(documents.c.id == doc_id).values(**record))
             else:
                 conn.execute(sa.insert(documents).values(id=doc_id, **record))
-        report.indexed += 1
-        report.pages += doc.page_count or 0
-        report.chunks += len(chunks)
-        report.embedded += len(chunks)
+        return FileOutcome(path, doc_id, "indexed", pages=doc.page_count or 0, chunks=len(chunks),
+                           embedded=len(chunks))
 
     def prune(self, collection: str) -> list[str]:
         removed = []

@@ -189,6 +189,16 @@ def test_count_per_document(store: VectorStore, name: str) -> None:
     assert store.count(f"{name}-absent") == 0
 
 
+def test_scroll_every_chunk_or_one_documents(store: VectorStore, name: str) -> None:
+    chunks = fill(store, name)
+    every = dict(store.scroll_chunks(name, batch=2))  # several pages
+    assert sorted(every) == sorted(c.id for c in chunks.values())
+    assert every[chunks["apart"].id] == chunks["apart"]
+    msft = dict(store.scroll_chunks(name, batch=1, doc_id="msft"))
+    assert msft == {chunks["apart"].id: chunks["apart"], chunks["orthogonal"].id: chunks["orthogonal"]}
+    assert list(store.scroll_chunks(name, doc_id="unknown-doc")) == []
+
+
 def test_unknown_collection(store: VectorStore, name: str) -> None:
     with pytest.raises(UnknownCollection, match=rf"collection '{name}' does not exist; ingest .* --collection {name}"):
         store.search(name, QUERY, limit=3)

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
-from conftest import SAMPLE_COLLECTION, SampleIndex
+from conftest import SAMPLE_COLLECTION, SampleIndex, serve
 from fake_ollama import DEFAULT_MODEL, FakeOllama
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -92,27 +88,6 @@ def stream_chat(client: TestClient, question: str, **extra: Any) -> tuple[httpx.
     with client.stream("POST", "/v1/chat", json={"question": question, "stream": True, **extra}) as response:
         text = response.read().decode()
     return response, parse_sse(text)
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """`app` served by uvicorn on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
