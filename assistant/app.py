@@ -24,6 +24,7 @@ from .errors import FinragError
 from .openai_api import router as openai_router
 from .reports_api import router as reports_router
 from .settings import Settings
+from .web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.include_router(documents_router)  # documents, uploads, ingest jobs
     app.include_router(reports_router)
     app.include_router(openai_router)  # its errors take OpenAI's shape
+    mount_web(app)  # the web UI: /, /evaluation, /ingest and /static
 
     @app.exception_handler(FinragError)
     async def finrag_error(_request: Request, exc: FinragError) -> JSONResponse:

@@ -115,30 +115,50 @@ def make_citation(n: int, hit: ScoredChunk, answer: str | None = None) -> Citati
     return Citation(
         n=n, point_id=hit.point_id, source=hit.chunk.source, pages=page_list(hit), section=hit.chunk.section,
         snippet=text[:SNIPPET_CHARS], score=round(hit.score, 4), doc_id=hit.chunk.doc_id,
-        quote=supporting_quote(answer, n, text) if answer else None,
+        quote=supporting_quote(answer, n, hit.chunk.text) if answer else None,
     )
 
 
-_SOURCE_PART = re.compile(r"(?<=[.!?;:])\s+|\s*\n\s*|\s{3,}")  # sentences, clauses, lines, table cells
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+")
+_YEAR = re.compile(r"(?:19|20)\d\d")  # a year is not a figure that ties a sentence to a source
 
 
 def supporting_quote(answer: str, n: int, source: str) -> str | None:
-    """The sentence (or table line) of `source` sharing most content words and figures with the answer's
-    sentences that cite `[n]`: what a reader should look at first. None when nothing is shared."""
+    """The sentence or table row of `source` that best supports the answer's sentences citing `[n]`: what a
+    reader should look at first. A figure the answer states is the strongest evidence, so when some parts of the
+    source print one of the cited sentences' figures, the best of those wins; otherwise the part sharing most
+    content words. None when nothing is shared."""
     citing = [part for part in _PART_END.split(answer) if any(n in _numbers(m) for m in CITE.findall(part))]
     words = {w for part in citing for w in _TOKENS.tokens(CITE.sub(" ", part))}
-    figures = {f for part in citing for f in _FIGURE.findall(part)}
+    figures = {f for part in citing for f in _FIGURE.findall(CITE.sub(" ", part)) if not _YEAR.fullmatch(f)}
     if not words and not figures:
         return None
-    best, best_score = None, 0.0
-    for part in _SOURCE_PART.split(source):
-        part = part.strip()
-        if len(part) < 3:
+    scored = [(len(figures & set(_FIGURE.findall(part))), len(words & set(_TOKENS.tokens(part))), -i, part)
+              for i, part in enumerate(source_parts(source))]
+    best = max(scored, default=None)
+    return best[3] if best and (best[0] or best[1]) else None
+
+
+def source_parts(text: str) -> list[str]:
+    """A source's sentences and table rows: its lines, rejoined where a sentence runs on to the next line, then
+    split at sentence ends."""
+    lines: list[str] = []
+    for line in (ln.strip() for ln in text.splitlines()):
+        if not line:
             continue
-        score = len(words & set(_TOKENS.tokens(part))) + 2.0 * len(figures & set(_FIGURE.findall(part)))
-        if score > best_score:
-            best, best_score = part, score
-    return best
+        if lines and _runs_on(lines[-1], line):
+            lines[-1] = f"{lines[-1]} {line}"
+        else:
+            lines.append(line)
+    return [part for line in lines for part in _SENTENCE_SPLIT.split(line) if len(part) >= 3]
+
+
+def _runs_on(previous: str, line: str) -> bool:
+    """Whether `line` continues the sentence of `previous`: it starts with a lower-case word (not a name such as
+    iPhone) and `previous` is neither a finished sentence nor a table row."""
+    first = line.split(maxsplit=1)[0]
+    return (first[:1].islower() and not any(c.isupper() for c in first[1:]) and "|" not in previous
+            and not previous.endswith((".", "!", "?", ":", ";")))
 
 
 def _numbers(group: str) -> list[int]:
