@@ -271,6 +271,16 @@ class ChunkingSettings(_Section):
         return self
 
 
+class IngestSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="INGEST_", env_file=ENV_FILE, extra="ignore")
+
+    workers: int = Field(
+        default=1, ge=0, le=64,
+        description="Processes that parse files ahead while the main one embeds and indexes (0: parse in the main "
+        "process). On 2 cores, 1; with more, up to the cores left after embedding (bench/results/ingest.md).",
+    )
+
+
 class UploadSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="UPLOAD_", env_file=ENV_FILE, extra="ignore")
 
@@ -316,6 +326,7 @@ class Settings(_Section):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     learn: LearnSettings = Field(default_factory=LearnSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -366,5 +377,5 @@ class Settings(_Section):
 _SECTIONS = (
     StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings,
     RerankSettings, GroundingSettings, ConversationSettings, MemorySettings, LearnSettings, UploadSettings,
-    Settings,
+    IngestSettings, Settings,
 )

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -31,7 +37,7 @@ from assistant.chunks import passage_text
 from assistant.components import Components
 from assistant.db import documents
 
-from .loading import SUPPORTED, LoadError, load
+from .loading import SUPPORTED, LoadedDocument, LoadError, load
 
 if TYPE_CHECKING:
     from .chunking import Chunker
@@ -96,6 +102,30 @@ class FileOutcome:
     pages: int = 0
     chunks: int = 0
     embedded: int = 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A file that needs indexing: where to, as which document, of which content."""
+
+    collection: str
+    physical: str
+    doc_id: str
+    file_hash: str
+    known: bool  # the registry has an earlier version
+
+
+@contextmanager
+def _parser(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes that parse files ahead (spawned: the parent holds torch and store threads), or None."""
+    if workers <= 0:
+        yield None
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def doc_id_for(collection: str, path: Path) -> str:
@@ -164,14 +194,28 @@ class Ingestor:
     def ingest(
         self, paths: Sequence[Path], collection: str, *, prune: bool = False, progress: bool = True
     ) -> IngestReport:
+        """Ingest files and folders. With INGEST_WORKERS > 0, files are parsed ahead in that many worker
+        processes while this one embeds and indexes the files parsed before (in the order given)."""
         started = time.perf_counter()
         report = IngestReport()
         files = discover(paths, report)
         report.files = len(files) + sum(1 for p, _ in report.failed)
-        with tqdm(total=len(files), desc="files", unit="file", disable=not progress) as bar:
-            for path in files:
+        workers = min(self.components.settings.ingest.workers, len(files) - 1)
+        with tqdm(total=len(files), desc="files", unit="file", disable=not progress) as bar, \
+                _parser(workers) as parse_ahead:
+            planned = [(path, self._plan(path, collection)) for path in files]
+            to_parse = deque(path for path, plan in planned if isinstance(plan, _Plan))
+            parsing: dict[Path, Future[LoadedDocument]] = {}
+            for path, plan in planned:
+                while parse_ahead is not None and to_parse and len(parsing) <= workers:  # bounded read-ahead
+                    ahead = to_parse.popleft()
+                    parsing[ahead] = parse_ahead.submit(load, ahead)
                 bar.set_postfix_str(path.name[:40])
-                report.add(self.ingest_file(path, collection, progress=progress))
+                if isinstance(plan, FileOutcome):
+                    report.add(plan)
+                else:
+                    index = partial(self._index_parsed, path, plan, parsing.pop(path, None), progress)
+                    report.add(self._guarded(path, collection, index))
                 bar.update(1)
         if prune:
             report.pruned = self.prune(collection)
@@ -181,8 +225,16 @@ class Ingestor:
 
     def ingest_file(self, path: Path, collection: str, *, progress: bool = False) -> FileOutcome:
         """Ingest one file into `collection`; a file that cannot be read comes back `failed` with the reason."""
+        def run() -> FileOutcome:
+            plan = self._plan(path, collection)
+            return plan if isinstance(plan, FileOutcome) else self._index(path, plan, self._load(path), progress)
+
+        return self._guarded(path, collection, run)
+
+    @staticmethod
+    def _guarded(path: Path, collection: str, run: Callable[[], FileOutcome]) -> FileOutcome:
         try:
-            return self._ingest_file(path, collection, progress)
+            return run()
         except LoadError as exc:
             log.warning("%s: %s", path, exc)
             return FileOutcome(path, doc_id_for(collection, path), "failed", str(exc))
@@ -194,8 +246,12 @@ class Ingestor:
         if self.on_progress is not None:
             self.on_progress(path, stage, done, total)
 
-    def _ingest_file(self, path: Path, collection: str, progress: bool) -> FileOutcome:
-        file_hash = file_sha256(path)
+    def _plan(self, path: Path, collection: str) -> _Plan | FileOutcome:
+        """What `path` needs: nothing (unchanged: same file, same pipeline, all its chunks indexed), or indexing."""
+        try:
+            file_hash = file_sha256(path)
+        except OSError as exc:
+            return FileOutcome(path, doc_id_for(collection, path), "failed", f"cannot read file: {exc.strerror or exc}")
         doc_id = doc_id_for(collection, path)
         physical = self.components.served.physical(collection)  # re-embedded by a learned embedder?
         with self.engine.connect() as conn:
@@ -203,13 +259,27 @@ class Ingestor:
         if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline
                 and self.store.count(physical, doc_id) == row["chunks"]):
             return FileOutcome(path, doc_id, "unchanged", pages=row["pages"] or 0, chunks=row["chunks"])
+        return _Plan(collection, physical, doc_id, file_hash, known=row is not None)
+
+    def _index_parsed(self, path: Path, plan: _Plan, parsed: Future[LoadedDocument] | None,
+                      progress: bool) -> FileOutcome:
+        """Index `path` from its parse-ahead result, or parse it here."""
+        try:
+            doc = parsed.result() if parsed is not None else self._load(path)
+        except BrokenProcessPool as exc:
+            raise LoadError(f"the parser process stopped while reading this file ({exc})") from None
+        return self._index(path, plan, doc, progress)
+
+    def _load(self, path: Path) -> LoadedDocument:
         self._progress(path, "parsing")
-        doc = load(path)
-        chunks = self.chunker.chunk(doc, doc_id, file_hash)
+        return load(path)
+
+    def _index(self, path: Path, plan: _Plan, doc: LoadedDocument, progress: bool) -> FileOutcome:
+        chunks = self.chunker.chunk(doc, plan.doc_id, plan.file_hash)
         if not chunks:
             raise LoadError("no text to index after chunking")
-        embedder = self.components.embedder_for(collection)
-        self.store.ensure_collection(physical, embedder.dim)
+        embedder = self.components.embedder_for(plan.collection)
+        self.store.ensure_collection(plan.physical, embedder.dim)
         batch = 64
         self._progress(path, "embedding", 0, len(chunks))
         with tqdm(total=len(chunks), desc="  chunks", unit="chunk", leave=False, disable=not progress) as bar:
@@ -218,22 +288,22 @@ class Ingestor:
                 texts = [passage_text(c) for c in part]
                 vectors = embedder.embed_batch(texts)
                 sparse = [self.components.sparse.encode_document(t) for t in texts]
-                self.store.upsert(physical, part, vectors, sparse)
+                self.store.upsert(plan.physical, part, vectors, sparse)
                 bar.update(len(part))
                 self._progress(path, "embedding", start + len(part), len(chunks))
-        self.store.delete_document(physical, doc_id, keep_file_hash=file_hash)
+        self.store.delete_document(plan.physical, plan.doc_id, keep_file_hash=plan.file_hash)
         record = {
-            "collection": collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
-            "doc_type": doc.doc_type, "file_hash": file_hash, "size_bytes": path.stat().st_size,
+            "collection": plan.collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
+            "doc_type": doc.doc_type, "file_hash": plan.file_hash, "size_bytes": path.stat().st_size,
             "pages": doc.page_count, "chunks": len(chunks), "indexed_at": datetime.now(UTC),
             "pipeline": self.pipeline,
         }
         with self.engine.begin() as conn:
-            if row:
-                conn.execute(sa.update(documents).where(documents.c.id == doc_id).values(**record))
+            if plan.known:
+                conn.execute(sa.update(documents).where(documents.c.id == plan.doc_id).values(**record))
             else:
-                conn.execute(sa.insert(documents).values(id=doc_id, **record))
-        return FileOutcome(path, doc_id, "indexed", pages=doc.page_count or 0, chunks=len(chunks),
+                conn.execute(sa.insert(documents).values(id=plan.doc_id, **record))
+        return FileOutcome(path, plan.doc_id, "indexed", pages=doc.page_count or 0, chunks=len(chunks),
                            embedded=len(chunks))
 
     def prune(self, collection: str) -> list[str]:

@@ -174,6 +174,7 @@ def test_bad_file_is_reported_and_the_run_goes_on(
 ) -> None:
     # pypdf's own array limit: the MSFT 10-Q exceeds it (ingest raises the limit, see the test below)
     monkeypatch.setattr("ingest.loading.PDF_MAX_ARRAY_ELEMENTS", 100_000)
+    monkeypatch.setenv("INGEST_WORKERS", "0")  # the patch holds in this process only: parse here, not ahead
     build, reason_pattern = BAD_FILES[case]
     bad = build(tmp_path)
     code = main([str(bad), str(cli_data.good), "--collection", COLLECTION, "--quiet"])

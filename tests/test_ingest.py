@@ -482,3 +482,24 @@ def test_table_rows_cannot_backtrack_catastrophically() -> None:
     hostile = "Total " + " ".join(["1234567890"] * 30) + " x"
     assert label_columns(header + hostile) == header + hostile
     assert label_columns(header + "Net sales 1 2 3 " + "9" * 200 + "z").endswith("z")
+
+
+def test_parsing_ahead_in_a_worker_gives_the_same_index(tmp_path: Path,
+                                                         embedder: SentenceTransformerEmbedder) -> None:
+    # INGEST_WORKERS=1 parses the next file in another process while this one embeds: same chunks, same ids,
+    # same registry as parsing every file here; a file the worker cannot read fails alone.
+    corpus = tmp_path / "corpus"
+    shutil.copytree(SAMPLES / "adgm", corpus)
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.7\n this is not a PDF body")
+    indexes = {}
+    for workers in (0, 1):
+        settings = make_settings(tmp_path / f"data-{workers}", ingest={"workers": workers})
+        components = Components(settings, embedder=embedder)
+        try:
+            report = Ingestor(components).ingest([corpus], SAMPLE_COLLECTION, progress=False)
+            indexes[workers] = (sorted(pid for pid, _ in components.store.scroll_chunks(SAMPLE_COLLECTION)),
+                                report.indexed, [Path(p).name for p, _ in report.failed])
+        finally:
+            components.close()
+    assert indexes[0] == indexes[1]
+    assert indexes[1][1] == 2 and indexes[1][2] == ["broken.pdf"]
