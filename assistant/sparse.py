@@ -9,6 +9,7 @@ numbers ("81,797", "18.8.2") stay whole — on filings and rulebooks those are o
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+", re.UNICODE)
 _K1 = 1.2
 _B = 0.75
+_MAX_STEMS = 200_000  # remembered stems, about 30 MB at most
 _AVG_DOC_TOKENS = 120.0  # typical chunk length after stop-word removal; fixed so vectors never change
 
 
@@ -33,6 +35,10 @@ class BM25Encoder:
 
     def __init__(self) -> None:
         self._stemmer = snowballstemmer.stemmer("english")
+        # Stemming in pure Python is ~0.1 ms a word, most of a chunk's encoding; a document's words repeat, so the
+        # stems are remembered (bounded: cleared when full).
+        self._stems: dict[str, str] = {}
+        self._lock = threading.Lock()  # the stemmer keeps its word in the instance: one word at a time
 
     def tokens(self, text: str) -> list[str]:
         words = [t for t in _TOKEN.findall(text.lower()) if t not in ENGLISH_STOP_WORDS]
@@ -41,8 +47,17 @@ class BM25Encoder:
             if w[0].isdigit():
                 out.append(w.rstrip(".,"))
             elif len(w) > 1:
-                out.append(self._stemmer.stemWord(w))
+                out.append(self._stem(w))
         return out
+
+    def _stem(self, word: str) -> str:
+        stem = self._stems.get(word)
+        if stem is None:
+            with self._lock:
+                if len(self._stems) >= _MAX_STEMS:
+                    self._stems.clear()
+                stem = self._stems[word] = self._stemmer.stemWord(word)
+        return stem
 
     @staticmethod
     def _index(token: str) -> int:

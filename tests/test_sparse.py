@@ -46,3 +46,19 @@ def test_document_weights_saturate_and_normalise_by_length(bm25: BM25Encoder) ->
 
 def test_stop_words_only_give_an_empty_query(bm25: BM25Encoder) -> None:
     assert bm25.encode_query("what is the").indices == []
+
+
+def test_stems_are_the_stemmers_from_any_thread() -> None:
+    # stems are remembered and the stemmer (which keeps its word in the instance) is used one word at a time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import snowballstemmer
+
+    words = [f"{w}{suffix}" for w in ("regulat", "authoris", "disclos", "report", "account") for suffix in
+             ("e", "ed", "ing", "ions", "ation", "ations", "ingly")]
+    reference = snowballstemmer.stemmer("english")
+    encoder = BM25Encoder()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            stems = list(pool.map(lambda w: encoder.tokens(w), words * 20))
+    assert [s[0] for s in stems] == [reference.stemWord(w) for w in words * 20]
