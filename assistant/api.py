@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from .chat import ChatService, RecordedAnswer
 from .components import Components
 from .corrections import correction_sources
 from .db import documents
-from .errors import FinragError, UnknownCollection
+from .errors import BadRequest, FinragError, UnknownCollection
 from .feedback_stats import feedback_stats
 from .learned import is_reembedded
 from .records import FeedbackLog
@@ -32,7 +33,11 @@ from .schemas import (
     FeedbackResponse,
     FeedbackStatsResponse,
     HealthResponse,
+    HitOut,
+    RetrieveRequest,
+    RetrieveResponse,
 )
+from .sources import page_list
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -121,6 +126,25 @@ def _chat_events(events: Iterator[str | RecordedAnswer]) -> Iterator[str]:
     except Exception as exc:  # the status line is sent: the error can only be told in the stream
         data = error_event_data(exc)
         yield sse(json.dumps({"error": data["error"], "detail": data["detail"]}), "error")
+
+
+@router.post("/v1/retrieve", response_model=RetrieveResponse, tags=["chat"])
+def retrieve(body: RetrieveRequest, request: Request) -> RetrieveResponse:
+    """The chunks /v1/chat would answer from, without generating: search for tools, UIs and load tests."""
+    comp = components_of(request)
+    question = " ".join(body.question.split())
+    if not question:
+        raise BadRequest("question: is blank")
+    if len(question) > comp.settings.max_question_chars:
+        raise BadRequest(f"question: longer than {comp.settings.max_question_chars} characters")
+    result = comp.retriever.search(question, body.collection or comp.settings.collection,
+                                   body.top_k or comp.settings.retrieval.top_k, body.filters)
+    return RetrieveResponse(
+        hits=[HitOut(point_id=h.point_id, doc_id=h.chunk.doc_id, source=h.chunk.source, pages=page_list(h),
+                     section=h.chunk.section, score=round(h.score, 4), text=h.chunk.text) for h in result.hits],
+        inferred_filters=result.inferred_filters, timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()},
+        memory=[asdict(e) for e in result.memory],
+    )
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, status_code=status.HTTP_201_CREATED,

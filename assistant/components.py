@@ -26,7 +26,7 @@ from .models import REGISTRY, require_model
 from .query import Facets, Inference, collection_facets
 from .records import AnswerLog
 from .rerank import CrossEncoderReranker, Reranker
-from .retrieval import RetrievalMode, Retriever, Route
+from .retrieval import QueryVectors, RetrievalMode, Retriever, Route
 from .rewriting import Rewriter
 from .settings import Settings
 from .sparse import BM25Encoder
@@ -68,6 +68,7 @@ class Components:
         self._reranker: Reranker | None = None
         self._reranker_built = False
         self._facets: dict[str, tuple[int, Facets]] = {}
+        self.query_vectors = QueryVectors(settings.retrieval.query_cache)
         self._llms: dict[str, LLM] = {}  # per-request / per-collection generators, by spec
         self._memory: FeedbackMemory | None = None
         self._served: Served | None = None
@@ -182,7 +183,8 @@ class Components:
         return Retriever(self.embedder, self.store, sparse, r.candidates, mode == "bm25",
                          reranker=reranker, rerank_depth=self.settings.rerank.candidates, fusion=fusion,
                          inference=Inference() if r.infer_filters else None, facets=self.facets,
-                         memory=self.memory if memory is None or memory else None, route=self.route)
+                         memory=self.memory if memory is None or memory else None, route=self.route,
+                         query_vectors=self.query_vectors)
 
     def embedder_for(self, collection: str) -> Embedder:
         """The embedder of a collection's vectors: a promoted learned embedder once the collection has been

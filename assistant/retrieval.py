@@ -9,7 +9,9 @@ lookups). All work unchanged on embedded Qdrant and a Qdrant server. With a rera
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +40,34 @@ class Retrieval:
     memory: list[MemoryEffect] = field(default_factory=list)  # chunks past feedback raised, added or lowered
 
 
+class QueryVectors:
+    """Question embeddings remembered per (embedder, question): a repeated question skips the embedder, which is
+    most of retrieval's time on a CPU. LRU, bounded, shared by a process's retrievers, safe across threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._vectors: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def vector(self, embedder: Embedder, question: str) -> list[float]:
+        key = (embedder.name, " ".join(question.split()))
+        with self._lock:
+            found = self._vectors.get(key)
+            if found is not None:
+                self._vectors.move_to_end(key)
+                self.hits += 1
+                return found
+            self.misses += 1
+        vector = embed_one(embedder, question)
+        if self.size:
+            with self._lock:
+                self._vectors[key] = vector
+                while len(self._vectors) > self.size:
+                    self._vectors.popitem(last=False)
+        return vector
+
+
 @dataclass
 class Retriever:
     embedder: Embedder
@@ -54,10 +84,14 @@ class Retriever:
     # collection -> (embedder, physical collection, fusion or None) for collections re-embedded by a learned
     # embedder (its fusion weights were tuned with it)
     route: Callable[[str], Route] | None = None
+    query_vectors: QueryVectors | None = None  # remembered question embeddings (None: embed every time)
 
     def __post_init__(self) -> None:
         if self.bm25_only and self.sparse is None:
             raise ValueError("bm25-only retrieval needs a BM25 encoder")
+
+    def embed(self, embedder: Embedder, question: str) -> list[float]:
+        return self.query_vectors.vector(embedder, question) if self.query_vectors else embed_one(embedder, question)
 
     @property
     def mode(self) -> RetrievalMode:
@@ -76,7 +110,7 @@ class Retriever:
             filters, inferred = combine(infer_filters(question, facets, self.inference), filters, facets)
         embedder, physical, fusion = self.route(collection) if self.route is not None else \
             (self.embedder, collection, None)
-        vector = embed_one(embedder, question)
+        vector = self.embed(embedder, question)
         embedded = time.perf_counter()
         depth = max(top_k, self.rerank_depth) if self.reranker is not None else top_k
         if self.sparse is None:
@@ -97,7 +131,7 @@ class Retriever:
         if self.memory is not None:
             t = time.perf_counter()
             # lessons are keyed by the shipped embedder's view of questions, whatever embeds this collection
-            key = vector if embedder is self.embedder else embed_one(self.embedder, question)
+            key = vector if embedder is self.embedder else self.embed(self.embedder, question)
             hits, effects = self.memory.apply(
                 key, collection, hits, lambda ids: self.store.get_chunks(physical, ids), filters
             )

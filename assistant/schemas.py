@@ -129,6 +129,30 @@ class ChatResponse(BaseModel):
         )
 
 
+class RetrieveRequest(BaseModel):
+    question: str = Field(min_length=1, description="The question, in natural language.")
+    collection: str | None = Field(default=None, description="Collection to search (default: the server's).")
+    filters: FilterValues | None = Field(default=None, description="As in POST /v1/chat.")
+    top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to return (default RETRIEVAL_TOP_K).")
+
+
+class HitOut(BaseModel):
+    point_id: str
+    doc_id: str
+    source: str
+    pages: list[int]
+    section: str | None
+    score: float = Field(description="Fused (or reranked) score: orders the hits, not comparable across modes.")
+    text: str
+
+
+class RetrieveResponse(BaseModel):
+    hits: list[HitOut] = Field(description="Best first.")
+    inferred_filters: dict[str, Any] | None = Field(default=None, description="As in POST /v1/chat.")
+    timings_ms: dict[str, float] = Field(description="Milliseconds per stage: embed, search, rerank, memory.")
+    memory: list[dict[str, Any]] = Field(default_factory=list, description="As in POST /v1/chat.")
+
+
 FeedbackReason = Literal["wrong_answer", "wrong_evidence", "incomplete", "outdated", "other"]
 _USER_ID = re.compile(r"[A-Za-z0-9._@:-]+")
 

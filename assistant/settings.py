@@ -143,6 +143,10 @@ class RetrievalSettings(_Section):
         description="Chunks given to the LLM as sources (one rule per chunk: 8 rules are about the prompt size "
         "5 packed chunks were).",
     )
+    query_cache: int = Field(
+        default=2048, ge=0,
+        description="Question embeddings remembered (LRU): a repeated question skips the embedder (0: off).",
+    )
     min_score: float = Field(
         default=0.25,
         description="Dense cosine score under which the nearest chunk counts as no evidence: the assistant "

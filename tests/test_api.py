@@ -558,3 +558,23 @@ def test_default_model_answers_apple_net_sales(big_llm: LlamaCppLLM, sample_inde
 def _chunk_text(components: Components, point_id: str) -> str:
     store = components.store
     return next((c.text for pid, c in store.scroll_chunks(SAMPLE_COLLECTION) if pid == point_id), "")  # type: ignore[attr-defined]
+
+
+def test_retrieve_returns_the_chunks_without_generating(client: TestClient, sample_index: SampleIndex) -> None:
+    response = client.post("/v1/retrieve", json={"question": APPLE_Q, "top_k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["hits"]) == 3
+    assert body["hits"][0]["source"] == APPLE_Q3  # the question names the period: only that filing is searched
+    assert body["inferred_filters"]["ticker"] == "AAPL"
+    assert {"embed", "search"} <= set(body["timings_ms"])
+    assert all(h["doc_id"] and h["text"] for h in body["hits"])
+    again = client.post("/v1/retrieve", json={"question": f"  {APPLE_Q} ", "top_k": 3}).json()
+    assert [h["point_id"] for h in again["hits"]] == [h["point_id"] for h in body["hits"]]
+    assert sample_index.components.query_vectors.hits >= 1  # the repeated question was not embedded again
+
+
+@pytest.mark.parametrize(("body", "status"), [({"question": " "}, 422), ({"question": "x", "top_k": 0}, 422),
+                                              ({"question": "x", "collection": "nope"}, 404)])
+def test_retrieve_rejects_bad_requests(client: TestClient, body: dict[str, object], status: int) -> None:
+    assert client.post("/v1/retrieve", json=body).status_code == status

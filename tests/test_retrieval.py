@@ -130,3 +130,29 @@ def test_offline_fusion_of_the_tuner_is_what_the_store_computes(tmp_path: Path) 
                 assert {h.point_id for h in offline} == {h.point_id for h in fused}
     finally:
         store.close()
+
+
+def test_query_vectors_remember_questions_per_embedder() -> None:
+    from assistant.retrieval import QueryVectors
+
+    class Counting:
+        dim = 2
+
+        def __init__(self, name: str) -> None:
+            self.name, self.calls = name, 0
+
+        def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+            self.calls += len(texts)
+            return [[1.0, float(len(t))] for t in texts]
+
+    cache, a, b = QueryVectors(size=2), Counting("a"), Counting("b")
+    assert cache.vector(a, "net sales?") == cache.vector(a, " net  sales? ") == [1.0, 10.0]
+    assert a.calls == 1 and cache.hits == 1
+    cache.vector(b, "net sales?")  # another embedder: its own vector
+    assert b.calls == 1
+    cache.vector(a, "other")  # size 2: the least recently used entry goes
+    cache.vector(a, "net sales?")
+    assert a.calls == 3
+    off = QueryVectors(size=0)
+    off.vector(a, "x"), off.vector(a, "x")
+    assert a.calls == 5
