@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev reranker browser screenshots clean
+.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev reranker browser screenshots bench clean
 
 run: install models ingest-samples serve  ## set up .venv, fetch the LLM, ingest the samples, serve on 127.0.0.1:8000
 
@@ -63,6 +63,20 @@ eval-dev: install models  ## regenerate eval/results/ from ../shared/corpora (ho
 
 reranker: install  ## train the cross-encoder reranker on ObliQA dev's train split (needs ../shared; ~30 min)
 	EVAL_STEPS=reranker PYTHON=$(BIN)/python bash eval/reproduce.sh
+
+$(VENV)/.bench: pyproject.toml | $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --no-deps llama-index-readers-file==0.7.0  # pins pypdf<7: see pyproject.toml
+	touch $@
+
+SHARED ?= ../shared/corpora
+bench: install $(VENV)/.bench  ## speed and memory → bench/results/ (needs ../shared; about an hour on 2 cores)
+	$(BIN)/python bench/ingest_bench.py --corpus sec10q=$(SHARED)/sec-10q/documents \
+	  --corpus adgm=$(SHARED)/adgm/documents --questions sec10q=$(SHARED)/sec-10q/questions.jsonl
+	$(BIN)/python bench/store_bench.py --points 10000 100000 1000000 --backends edge --queries 200 \
+	  --out bench/results/store-scale
+	QDRANT_PATH=data/eval/adgm/index $(BIN)/python bench/load_bench.py $(SHARED)/adgm/obliqa_dev.jsonl \
+	  --collection adgm --clients 1 8 32 --seconds 30 --out bench/results/load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
