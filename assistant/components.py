@@ -17,7 +17,7 @@ from .chat import ChatService
 from .conversations import Conversations
 from .db import connect
 from .edge_store import EdgeStore
-from .embedding import Embedder, SentenceTransformerEmbedder
+from .embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from .errors import BadRequest, ComponentUnavailable
 from .learned import Registry, Served
 from .llm import LLM, LlamaCppLLM, OllamaLLM
@@ -87,7 +87,7 @@ class Components:
         e = self.settings.embedding
         return self._once(
             "_embedder",
-            lambda: SentenceTransformerEmbedder(e.model, batch_size=e.batch_size, threads=e.threads),
+            lambda: make_embedder(e, self.settings.models_dir / "onnx"),
         )
 
     @property

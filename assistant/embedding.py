@@ -1,16 +1,38 @@
-"""Embedders turn texts into vectors. One required method: `embed_batch`."""
+"""Embedders turn texts into vectors. One required method: `embed_batch`.
+
+Backends, picked by `make_embedder` from `EMBEDDING_BACKEND`, all for a sentence-transformers model on the CPU:
+
+- `torch`: sentence-transformers itself (`SentenceTransformerEmbedder`).
+- `torch-int8`: the same with torch's dynamic int8 quantization of every Linear layer.
+- `onnx`: the transformer exported once to ONNX (attention fused by onnxruntime's BERT optimizer) and run by
+  onnxruntime, with the model's own tokenizer and mean pooling (`OnnxEmbedder`): the same vectors as torch.
+- `onnx-int8`: that export with int8 weights (onnxruntime dynamic quantization): fastest, vectors move slightly.
+
+The ONNX files are cached under the folder the caller gives, keyed by a hash of the model's weights and config, so
+another model (or a re-trained one in the same folder) is exported afresh. bench/embed_bench.py measures them all.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import ComponentUnavailable
+from .settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
+
+ONNX_RECIPE = "v1"  # part of the cache key: change it when the export or quantization below changes
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @runtime_checkable
@@ -25,6 +47,26 @@ class Embedder(Protocol):
 
 def embed_one(embedder: Embedder, text: str) -> list[float]:
     return embedder.embed_batch([text])[0]
+
+
+def embedder_name(settings: EmbeddingSettings) -> str:
+    """The name the embedder of `settings` will have: the model's, plus the backend where its vectors differ."""
+    return f"{settings.model}+{settings.backend}" if settings.backend.endswith("-int8") else settings.model
+
+
+def make_embedder(settings: EmbeddingSettings, cache_dir: Path) -> Embedder:
+    """The embedder EMBEDDING_BACKEND names; ONNX exports are cached under `cache_dir`.
+
+    `torch` and `onnx` give the same vectors (cosine > 0.9999), so they share the model's name; the int8 backends'
+    vectors differ (cosine ≈ 0.98-0.99 to torch), so their name says so (`<model>+onnx-int8`).
+    """
+    s = settings
+    int8 = s.backend.endswith("-int8")
+    name = embedder_name(s)
+    if s.backend in ("onnx", "onnx-int8"):
+        return OnnxEmbedder(s.model, cache_dir=cache_dir, int8=int8, batch_size=s.batch_size, threads=s.threads,
+                            name=name)
+    return SentenceTransformerEmbedder(s.model, batch_size=s.batch_size, threads=s.threads, name=name, int8=int8)
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -46,12 +88,17 @@ def resolve_model_dir(model: str) -> Path:
     return path
 
 
-class SentenceTransformerEmbedder:
-    """Sentence-transformers on CPU, weights from disk, never from a hub."""
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    def __init__(self, model: str, *, batch_size: int = 32, threads: int = 2, name: str | None = None) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+class SentenceTransformerEmbedder:
+    """Sentence-transformers on CPU, weights from disk, never from a hub; `int8=True` quantizes its Linear layers."""
+
+    def __init__(self, model: str, *, batch_size: int = 32, threads: int = 2, name: str | None = None,
+                 int8: bool = False) -> None:
+        _offline()
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -64,6 +111,8 @@ class SentenceTransformerEmbedder:
                 f"cannot load embedding model from {path}: {exc}; point EMBEDDING_MODEL at a "
                 "sentence-transformers model folder"
             ) from exc
+        if int8:
+            _quantize_linear_layers(self._model[0])
         self.name = name or model
         dim = self._model.get_embedding_dimension()
         if dim is None:  # pragma: no cover
@@ -71,7 +120,7 @@ class SentenceTransformerEmbedder:
         self.dim = int(dim)
         self.max_tokens = int(self._model.max_seq_length or 256)
         self.batch_size = batch_size
-        log.info("embedder %s loaded from %s (dim %d)", model, path, self.dim)
+        log.info("embedder %s loaded from %s (dim %d%s)", model, path, self.dim, ", torch int8" if int8 else "")
 
     def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
@@ -87,3 +136,200 @@ class SentenceTransformerEmbedder:
     def tokenize(self, text: str) -> list[int]:
         ids: list[int] = self._model.tokenizer.encode(text, add_special_tokens=False, verbose=False)
         return ids
+
+
+def _quantize_linear_layers(module: Any) -> None:
+    """int8 weights for every Linear layer, one scale per output channel (per-tensor scales lost too much: cosine
+    to fp32 ≈ 0.94 on all-MiniLM-L6-v2, vs ≈ 0.98); activations are quantized per batch at run time."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    engines = torch.backends.quantized.supported_engines
+    torch.backends.quantized.engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), engines[-1])
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not yet removed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_", UserWarning)
+        torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+class OnnxEmbedder:
+    """A sentence-transformers model of Transformer → mean pooling (→ normalize), like all-MiniLM-L6-v2, run by
+    onnxruntime; `int8=True` runs its int8-weight export. Texts are batched longest first, as sentence-transformers
+    does, so that little padding is computed."""
+
+    def __init__(self, model: str, *, cache_dir: Path, int8: bool = False, batch_size: int = 32, threads: int = 2,
+                 name: str | None = None) -> None:
+        _offline()
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        path = resolve_model_dir(model)
+        self.dim, self.max_tokens, self._lowercase = _mean_pooling_layout(path)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ComponentUnavailable(f"cannot load the tokenizer of embedding model {path}: {exc}") from exc
+        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._tokenizing = threading.Lock()  # a fast tokenizer's truncation is state: concurrent calls fail
+        onnx_path = onnx_model(path, Path(cache_dir), int8=int8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self.name = name or model
+        self.batch_size = batch_size
+        log.info("embedder %s loaded from %s (dim %d, onnxruntime %s)", model, onnx_path, self.dim,
+                 "int8" if int8 else "fp32")
+
+    def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        import numpy as np
+
+        if not texts:
+            return []
+        inputs = [t.lower() for t in texts] if self._lowercase else list(texts)
+        with self._tokenizing:
+            ids: list[list[int]] = self._tokenizer(inputs, truncation=True, max_length=self.max_tokens)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        vectors = np.empty((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            vectors[batch] = self._embed_ids([ids[i] for i in batch])
+        return vectors.tolist()
+
+    def _embed_ids(self, ids: list[list[int]]) -> Any:
+        import numpy as np
+
+        input_ids = np.full((len(ids), max(map(len, ids))), self._pad_id, dtype=np.int64)
+        mask = np.zeros_like(input_ids)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        hidden = self._session.run(["last_hidden_state"], {k: feed[k] for k in self._inputs})[0]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        with self._tokenizing:
+            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False, verbose=False)
+        return ids
+
+
+def _mean_pooling_layout(path: Path) -> tuple[int, int, bool]:
+    """(dim, max_seq_length, do_lower_case) of a Transformer → mean Pooling (→ Normalize) sentence-transformers
+    folder, as sentence-transformers reads them; anything else is an error saying to use the torch backend."""
+
+    def read(relative: str) -> Any:
+        file = path / relative
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+    modules = read("modules.json") or []
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    pooling: Any = read(f"{modules[1]['path']}/config.json") if kinds[:2] == ["Transformer", "Pooling"] else {}
+    modes = {key for key, on in (pooling or {}).items() if key.startswith("pooling_mode_") and on}
+    if modes != {"pooling_mode_mean_tokens"} or set(kinds[2:]) - {"Normalize"}:
+        raise ComponentUnavailable(
+            f"embedding model {path} is not a Transformer → mean pooling sentence-transformers model, the kind the "
+            "ONNX backends run; set EMBEDDING_BACKEND=torch"
+        )
+    st_config = read("sentence_bert_config.json") or {}
+    max_len = st_config.get("max_seq_length") or (read("config.json") or {}).get("max_position_embeddings", 512)
+    return int(pooling["word_embedding_dimension"]), int(max_len), bool(st_config.get("do_lower_case"))
+
+
+def onnx_model(model_dir: Path, cache_dir: Path, *, int8: bool = False) -> Path:
+    """The model's ONNX export (int8: its int8-weight version) in cache_dir/<model_key>/, built on first use.
+    Files are written under a temporary name and renamed, so an interrupted build never leaves a broken one."""
+    folder = cache_dir / model_key(model_dir)
+    fp32 = folder / "model.onnx"
+    if not fp32.is_file():
+        _build(fp32, lambda out: _export(model_dir, out))
+    if not int8:
+        return fp32
+    quantized = folder / "model-int8.onnx"
+    if not quantized.is_file():
+        _build(quantized, lambda out: _quantize(fp32, out))
+    return quantized
+
+
+def model_key(model_dir: Path) -> str:
+    """A hash of the model folder's weights and config, and of the recipe here: which exports belong to it."""
+    digest = hashlib.sha256(ONNX_RECIPE.encode())
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        file = model_dir / name
+        if file.is_file():
+            with file.open("rb") as f:
+                digest.update(name.encode() + hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def _build(target: Path, write: Callable[[Path], None]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".building-") as work:
+        partial = Path(work) / target.name
+        write(partial)
+        os.replace(partial, target)
+    log.info("built %s in %.1f s", target, time.perf_counter() - started)
+
+
+def _export(model_dir: Path, out: Path) -> None:
+    """The transformer through torch.onnx's TorchScript exporter (opset 17, dynamic batch and sequence axes), with
+    eager attention, whose pattern onnxruntime's BERT optimizer then fuses (Attention, SkipLayerNorm, BiasGelu)."""
+    import torch
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", local_files_only=True).eval()
+    except (OSError, ValueError) as exc:
+        raise ComponentUnavailable(f"cannot load embedding model {model_dir} to export it to ONNX: {exc}") from exc
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+
+    ids = torch.ones((2, 16), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0  # a padded row, so that the mask is traced as data
+    raw = out.with_name("raw.onnx")
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*ONNX_INPUTS, "last_hidden_state")}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer notes
+        torch.onnx.export(LastHiddenState(), (ids, mask, torch.zeros_like(ids)), str(raw), dynamo=False,
+                          input_names=list(ONNX_INPUTS), output_names=["last_hidden_state"], dynamic_axes=axes,
+                          opset_version=17)
+    if model.config.model_type != "bert":
+        os.replace(raw, out)
+        return
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused = optimize_model(str(raw), model_type="bert", num_heads=model.config.num_attention_heads,
+                           hidden_size=model.config.hidden_size)
+    fused.save_model_to_file(str(out))
+
+
+def _quantize(fp32: Path, out: Path) -> None:
+    """int8 weights per output channel, in 7 bits (reduce_range), activations quantized per batch. Per-tensor
+    scales lost too much (cosine to torch ≈ 0.92); 7 bits avoid the u8×s8 saturation of CPUs without VNNI and
+    measured no slower (bench/embed_bench.py)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()  # onnxruntime.quantization logs a line per tensor to the root logger
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops' outputs: float
+    finally:
+        root.setLevel(level)

@@ -50,7 +50,13 @@ class EmbeddingSettings(_Section):
         "or a local directory holding a sentence-transformers model.",
     )
     batch_size: int = Field(default=32, ge=1, description="Texts embedded per batch.")
-    threads: int = Field(default=2, ge=1, description="Torch CPU threads for embedding.")
+    threads: int = Field(default=2, ge=1, description="CPU threads for embedding (torch or onnxruntime).")
+    backend: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="How the model runs on the CPU: 'torch' (sentence-transformers), 'torch-int8' (torch dynamic "
+        "int8 quantization), 'onnx' (onnxruntime, the same vectors as torch) or 'onnx-int8' (onnxruntime, int8 "
+        "weights: fastest, vectors differ slightly). ONNX files are exported once to DATA_DIR/models/onnx.",
+    )
 
 
 class LLMSettings(_Section):

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from assistant.chunks import passage_text
 from assistant.components import Components
 from assistant.db import documents
+from assistant.embedding import embedder_name
 
 from .loading import SUPPORTED, LoadedDocument, LoadError, load
 
@@ -187,7 +188,7 @@ class Ingestor:
     def pipeline(self) -> str:
         """Fingerprint of everything besides the file that decides its chunks and vectors."""
         c = self.components.settings.chunking
-        model = self.components.settings.embedding.model
+        model = embedder_name(self.components.settings.embedding)  # with the backend where vectors differ (int8)
         spec = f"{PARSER_VERSION}:{c.size_tokens}:{c.overlap_tokens}:{c.pack_rules}:{model}"
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
