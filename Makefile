@@ -76,7 +76,7 @@ bench: install $(VENV)/.bench  ## speed and memory → bench/results/ (needs ../
 	$(BIN)/python bench/store_bench.py --points 10000 100000 1000000 --backends edge --queries 200 \
 	  --out bench/results/store-scale
 	QDRANT_PATH=data/eval/adgm/index $(BIN)/python bench/load_bench.py $(SHARED)/adgm/obliqa_dev.jsonl \
-	  --collection adgm --clients 1 8 32 --seconds 30 --out bench/results/load
+	  --collection adgm --clients 1 8 32 --seconds 30 --env RETRIEVAL_QUERY_CACHE=0 --out bench/results/load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

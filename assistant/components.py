@@ -285,12 +285,12 @@ class Components:
             if self.served.reranker:
                 version = self.served.reranker
                 return CrossEncoderReranker(self.registry.path(version), max_length=r.max_length, threads=r.threads,
-                                            name=version)
+                                            int8=r.int8, name=version)
             path = self.settings.reranker_path
             if not (path / "config.json").exists():
                 log.warning("no reranker at %s: retrieval keeps the fused order (build it: make reranker)", path)
                 return None
-            return CrossEncoderReranker(path, max_length=r.max_length, threads=r.threads)
+            return CrossEncoderReranker(path, max_length=r.max_length, threads=r.threads, int8=r.int8)
 
         with self._lock:
             if not self._reranker_built:

@@ -112,7 +112,7 @@ class SentenceTransformerEmbedder:
                 "sentence-transformers model folder"
             ) from exc
         if int8:
-            _quantize_linear_layers(self._model[0])
+            quantize_linear_layers(self._model[0])
         self.name = name or model
         dim = self._model.get_embedding_dimension()
         if dim is None:  # pragma: no cover
@@ -138,7 +138,7 @@ class SentenceTransformerEmbedder:
         return ids
 
 
-def _quantize_linear_layers(module: Any) -> None:
+def quantize_linear_layers(module: Any) -> None:
     """int8 weights for every Linear layer, one scale per output channel (per-tensor scales lost too much: cosine
     to fp32 ≈ 0.94 on all-MiniLM-L6-v2, vs ≈ 0.98); activations are quantized per batch at run time."""
     import torch

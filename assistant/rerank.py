@@ -84,7 +84,7 @@ class CrossEncoderReranker:
 
     def __init__(
         self, path: Path, *, max_length: int | None = None, batch_size: int = 32, threads: int | None = None,
-        name: str | None = None,
+        name: str | None = None, int8: bool = False,
     ) -> None:
         if not (path / "config.json").exists():
             raise ComponentUnavailable(
@@ -103,8 +103,12 @@ class CrossEncoderReranker:
         self.model = CrossEncoder(str(path), num_labels=1, max_length=self.max_length, device="cpu",
                                   local_files_only=True)
         self.model.eval()
+        if int8:  # its Linear layers quantised per channel, as the torch-int8 embedder's
+            from .embedding import quantize_linear_layers
+
+            quantize_linear_layers(self.model[0])
         self.batch_size = batch_size
-        self.name = name or str(self.manifest.get("name") or path.name)
+        self.name = (name or str(self.manifest.get("name") or path.name)) + ("+int8" if int8 else "")
         blend = self.manifest.get("blend")  # learned versions: weight against the fused order
         self.blend: float | None = float(blend) if blend is not None else None
 

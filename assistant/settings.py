@@ -192,6 +192,11 @@ class RerankSettings(_Section):
         description="Tokens of question + passage it reads (default: what the model was trained with).",
     )
     threads: int = Field(default=2, ge=1, description="Torch CPU threads for reranking.")
+    int8: bool = Field(
+        default=False,
+        description="Quantise the cross-encoder's Linear layers to int8 (per channel): faster on a CPU, scores "
+        "differ slightly (bench/results/retrieval.md).",
+    )
 
 
 class GroundingSettings(_Section):

@@ -74,6 +74,7 @@ def child_finrag(corpus: Path, data_dir: Path, questions: str | None) -> dict[st
     from ingest.pipeline import Ingestor
 
     settings = Settings(data_dir=data_dir, collection="bench", _env_file=None)  # type: ignore[call-arg]
+    # EMBEDDING_BACKEND, INGEST_WORKERS … come from the environment the parent gives each variant
     components = Components(settings)
     try:
         components.embedder  # noqa: B018  the model loads outside the timed part, as a server has it loaded
@@ -127,10 +128,11 @@ def child_llamaindex(corpus: Path, data_dir: Path, questions: str | None) -> dic
 # --- the parent: runs the children, writes the tables ---------------------------------------------------------
 
 
-def run_child(pipeline: str, corpus: Path, data_dir: Path, questions: str | None) -> dict[str, Any]:
+def run_child(pipeline: str, corpus: Path, data_dir: Path, questions: str | None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "_child", pipeline, str(corpus), str(data_dir)]
     cmd += [questions] if questions else []
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"{pipeline} on {corpus} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -160,15 +162,19 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {corpus} | {name} | {r['files']} | {r['pages']} | {r['chunks']} | {r['seconds']} | "
                 f"{r['files_per_s']} | {r['pages_per_s']} | {r['chunks_per_s']} | {r['peak_rss_mb']} | "
                 f"{q.get('hit@1', '')} | {q.get('hit@5', '')} | {q.get('hit@10', '')} |")
-    lines += ["", "| corpus | finrag cold vs llamaindex (chunks/s) | same, pages/s or files/s | re-run speed-up |",
-              "|---|--:|--:|--:|"]
+    lines += ["", "| corpus | finrag run | chunks/s vs llamaindex | pages/s (files/s) vs llamaindex | re-run speedup |",
+              "|---|---|--:|--:|--:|"]
     for corpus, runs in results["corpora"].items():
-        cold, rerun, li = runs.get("finrag cold"), runs.get("finrag re-run"), runs.get("llamaindex")
-        chunk_ratio = f"{cold['chunks_per_s'] / li['chunks_per_s']:.2f}×" if cold and li else ""
-        unit = "pages_per_s" if cold and cold["pages"] else "files_per_s"
-        doc_ratio = f"{cold[unit] / li[unit]:.2f}× ({unit.split('_')[0]})" if cold and li and li[unit] else ""
-        speedup = f"{cold['seconds'] / max(rerun['seconds'], 1e-9):.0f}×" if cold and rerun else ""
-        lines.append(f"| {corpus} | {chunk_ratio} | {doc_ratio} | {speedup} |")
+        li, rerun = runs.get("llamaindex"), runs.get("finrag re-run")
+        for label, cold in runs.items():
+            if not label.endswith(" cold"):
+                continue
+            chunk_ratio = f"{cold['chunks_per_s'] / li['chunks_per_s']:.2f}×" if li else ""
+            unit = "pages_per_s" if cold["pages"] else "files_per_s"
+            doc_ratio = f"{cold[unit] / li[unit]:.2f}× ({unit.split('_')[0]})" if li and li[unit] else ""
+            same = rerun and label == "finrag cold"  # the re-run repeats the default run
+            speedup = f"{cold['seconds'] / max(rerun['seconds'], 1e-9):.0f}×" if same else ""
+            lines.append(f"| {corpus} | {label} | {chunk_ratio} | {doc_ratio} | {speedup} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", action="append", default=[], metavar="NAME=FILE",
                    help="score each index on these questions (evidence by file-name glob)")
     p.add_argument("--pipelines", default="finrag,llamaindex")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                   help="finrag with these settings too (e.g. onnx-int8:EMBEDDING_BACKEND=onnx-int8); cold only")
+    p.add_argument("--keep", type=Path, default=None, help="keep each finrag index under KEEP/<corpus>-<label>")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "ingest"))
     ns = p.parse_args(args)
     questions = dict(q.split("=", 1) for q in ns.questions)
@@ -193,16 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "corpora": {},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start",
     }
+    variants = [("", {})] + [(v.split(":", 1)[0], dict(kv.split("=", 1) for kv in v.split(":", 1)[1].split(",")))
+                             for v in ns.variant]
     for spec in ns.corpus:
         name, folder = spec.split("=", 1)
         runs: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             if "finrag" in ns.pipelines:
-                data = Path(tmp) / "finrag"
-                runs["finrag cold"] = rates(run_child("finrag", Path(folder), data, questions.get(name)))
-                print(name, "finrag cold", runs["finrag cold"], flush=True)
-                runs["finrag re-run"] = rates(run_child("finrag", Path(folder), data, None))
-                print(name, "finrag re-run", runs["finrag re-run"], flush=True)
+                for label, env in variants:
+                    data = (ns.keep or Path(tmp)) / f"{name}-{label or 'default'}"
+                    title = f"finrag{f' {label}' if label else ''}"
+                    runs[f"{title} cold"] = rates(run_child("finrag", Path(folder), data, questions.get(name), env))
+                    print(name, title, "cold", runs[f"{title} cold"], flush=True)
+                    if not label:
+                        runs["finrag re-run"] = rates(run_child("finrag", Path(folder), data, None, env))
+                        print(name, "finrag re-run", runs["finrag re-run"], flush=True)
             if "llamaindex" in ns.pipelines:
                 runs["llamaindex"] = rates(run_child("llamaindex", Path(folder), Path(tmp) / "li", questions.get(name)))
                 print(name, "llamaindex", runs["llamaindex"], flush=True)

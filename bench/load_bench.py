@@ -1,13 +1,13 @@
 """Throughput and latency under concurrent load: retrieval-only requests against the served API on loopback.
 
     QDRANT_PATH=data/eval/adgm/index python bench/load_bench.py ../shared/corpora/adgm/obliqa_dev.jsonl \
-        --collection adgm --clients 1 8 32 --seconds 30 --out bench/results/load
+        --collection adgm --clients 1 8 32 --seconds 30 --env RETRIEVAL_QUERY_CACHE=0 --out bench/results/load
 
 Starts `python -m assistant` on a free loopback port with the environment given (the index, the collection), waits
 for /health, then for each client count runs that many asyncio clients (httpx) for `--seconds`, each sending
-`POST /v1/retrieve` for the next question of the file (distinct questions: the query cache does not flatter the
-figures unless `--repeat` is set), and reports requests/s, latency p50/p95/p99 and errors. One server process, as
-`make run` starts it; the server's own threads serve the requests.
+`POST /v1/retrieve` for the next question of the file (one feed across the levels; with RETRIEVAL_QUERY_CACHE=0,
+as `make bench` runs it, a repeated question is embedded again), and reports requests/s, latency p50/p95/p99 and
+errors. One server process, as `make run` starts it; the server's own threads serve the requests.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,8 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not start in 300 s")
 
 
-async def run_level(url: str, questions: list[str], clients: int, seconds: float, collection: str | None,
+async def run_level(url: str, feed: Iterator[str], clients: int, seconds: float, collection: str | None,
                     top_k: int) -> dict[str, Any]:
-    feed = itertools.cycle(questions)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop = time.monotonic() + seconds
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         httpx.post(f"{url}/v1/retrieve", json={"question": "warm up", **({"collection": args.collection}
                                                                          if args.collection else {})}, timeout=120)
         rows = []
+        feed = itertools.cycle(questions)  # one feed across the levels: each level asks questions not yet asked
         for clients in args.clients:
-            row = asyncio.run(run_level(url, questions, clients, args.seconds, args.collection, args.top_k))
+            row = asyncio.run(run_level(url, feed, clients, args.seconds, args.collection, args.top_k))
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     finally:

@@ -8,6 +8,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant.chunks import Chunk, ScoredChunk, passage_text
@@ -130,3 +131,9 @@ def test_training_teaches_the_cross_encoder_to_rank_the_right_rule_first(tmp_pat
         scores = reranker.scores(qs[2], list(RULES.values()))
         right += max(range(len(scores)), key=lambda i: scores[i]) == list(RULES).index(key)
     assert right >= 3, f"held-out questions ranked right: {right}/6 (chance: 1/6)"
+    # RERANK_INT8: the same model with int8 Linear layers scores (nearly) alike
+    quantised = CrossEncoderReranker(out, threads=2, int8=True)
+    assert quantised.name == "t+int8"
+    fp32 = [x for qs in QUESTIONS.values() for x in reranker.scores(qs[2], list(RULES.values()))]
+    int8 = [x for qs in QUESTIONS.values() for x in quantised.scores(qs[2], list(RULES.values()))]
+    assert np.corrcoef(fp32, int8)[0, 1] > 0.95
