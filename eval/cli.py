@@ -27,6 +27,7 @@ from typing import Any
 
 from assistant.chunks import INTEGER_FIELDS
 from assistant.components import Components
+from assistant.embedding import embedder_name
 from assistant.errors import FinragError, InvalidFilter
 from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
@@ -191,7 +192,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         "command": "python -m eval " + shlex.join(args.argv),
         "questions_file": str(args.questions), "collection": collection,
         "retriever": args.retriever, "retrieval_mode": mode, "filters": filters, "memory": args.memory,
-        "embedder": settings.embedding.model,
+        "embedder": embedder_name(settings.embedding),  # with the backend where its vectors differ
         "k": list(config.ks), "budgets": list(config.budgets), "depth": config.depth,
         "answers": config.with_answers, "context": config.context, "judge": args.judge,
         "limit": args.limit, "sample": args.sample, "seed": args.seed, "split": args.split,
