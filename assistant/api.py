@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from .chat import ChatService, RecordedAnswer
+from .chat import ChatService, RecordedAnswer, checked_question
 from .components import Components
 from .corrections import correction_sources
 from .db import documents
-from .errors import BadRequest, FinragError, UnknownCollection
+from .errors import FinragError, UnknownCollection
 from .feedback_stats import feedback_stats
 from .learned import is_reembedded
 from .records import FeedbackLog
@@ -132,11 +132,7 @@ def _chat_events(events: Iterator[str | RecordedAnswer]) -> Iterator[str]:
 def retrieve(body: RetrieveRequest, request: Request) -> RetrieveResponse:
     """The chunks /v1/chat would answer from, without generating: search for tools, UIs and load tests."""
     comp = components_of(request)
-    question = " ".join(body.question.split())
-    if not question:
-        raise BadRequest("question: is blank")
-    if len(question) > comp.settings.max_question_chars:
-        raise BadRequest(f"question: longer than {comp.settings.max_question_chars} characters")
+    question = checked_question(body.question, comp.settings.max_question_chars)
     result = comp.retriever.search(question, body.collection or comp.settings.collection,
                                    body.top_k or comp.settings.retrieval.top_k, body.filters)
     return RetrieveResponse(

@@ -37,6 +37,16 @@ class RecordedAnswer:
 LLMPicker = Callable[[str | None, str], LLM]
 
 
+
+def checked_question(question: str, max_chars: int) -> str:
+    """The question stripped, or BadRequest when it is empty or longer than `max_chars`."""
+    question = question.strip()
+    if not question:
+        raise BadRequest("the question is empty")
+    if len(question) > max_chars:
+        raise BadRequest(f"the question has {len(question)} characters; the limit is {max_chars}")
+    return question
+
 class ChatService:
     def __init__(
         self, answerer: Answerer, log_: AnswerLog, *, default_collection: str, max_question_chars: int,
@@ -78,13 +88,7 @@ class ChatService:
         conversation is started when a conversation store is configured. `history`: turns given by the
         client instead (the OpenAI-compatible endpoint). `model`: a generator other than the default.
         """
-        question = question.strip()
-        if not question:
-            raise BadRequest("the question is empty")
-        if len(question) > self.max_question_chars:
-            raise BadRequest(
-                f"the question has {len(question)} characters; the limit is {self.max_question_chars}"
-            )
+        question = checked_question(question, self.max_question_chars)
         build_filter(filters)  # validate before any work is done
         collection = collection or self.default_collection
         turns: list[Turn] = list(history or [])

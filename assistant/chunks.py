@@ -53,6 +53,12 @@ class Chunk:
         extra = {k: v for k, v in payload.items() if k not in known}
         return cls(**base, extra=extra)
 
+    def pages(self) -> list[int]:
+        """The 1-based pages the chunk spans (PDFs); [] for other sources."""
+        if self.page_start is None:
+            return []
+        return list(range(self.page_start, (self.page_end or self.page_start) + 1))
+
     def pages_label(self) -> str:
         if self.page_start is None:
             return ""

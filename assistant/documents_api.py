@@ -248,9 +248,8 @@ def get_chunk(point_id: str, request: Request, collection: str | None = Query(
     if chunk is None:
         raise UnknownChunk(f"no chunk {point_id} in collection {name!r} (re-ingesting a changed file replaces its "
                            "chunks)")
-    pages = list(range(chunk.page_start, (chunk.page_end or chunk.page_start) + 1)) if chunk.page_start else []
     return ChunkOut(point_id=point_id, collection=name, doc_id=chunk.doc_id, source=chunk.source, title=chunk.title,
-                    doc_type=chunk.doc_type, pages=pages, section=chunk.section, text=chunk.text)
+                    doc_type=chunk.doc_type, pages=chunk.pages(), section=chunk.section, text=chunk.text)
 
 
 # --- uploads and ingest jobs -----------------------------------------------------------------------------------

@@ -40,10 +40,7 @@ class Citation:
 
 
 def page_list(hit: ScoredChunk) -> list[int]:
-    c = hit.chunk
-    if c.page_start is None:
-        return []
-    return list(range(c.page_start, (c.page_end or c.page_start) + 1))
+    return hit.chunk.pages()
 
 
 def source_header(n: int, hit: ScoredChunk) -> str:
@@ -96,7 +93,7 @@ def extract_citations(text: str, n_sources: int) -> tuple[str, list[int], list[i
     dropped: list[int] = []
 
     def keep(match: re.Match[str]) -> str:
-        numbers = [int(x) for x in re.split(r"\s*[,;]\s*", match.group(1))]
+        numbers = _numbers(match.group(1))
         valid = [x for x in numbers if 1 <= x <= n_sources]
         dropped.extend(x for x in numbers if x not in valid)
         for x in valid:
