@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev reranker browser screenshots bench clean
+.PHONY: run serve install models ingest-samples test lint typecheck check eval eval-dev reranker browser postgres screenshots bench clean
 
 run: install models ingest-samples serve  ## set up .venv, fetch the LLM, ingest the samples, serve on 127.0.0.1:8000
 
@@ -37,7 +37,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy assistant ingest eval
 
-test: install browser lint typecheck  ## the whole suite (slow and browser tests included), as CI runs it
+test: install browser postgres lint typecheck  ## the whole suite (slow and browser tests included), as CI runs it
 	$(BIN)/python -m pytest -W error
 
 # The web UI's tests drive Debian's chromium (Playwright's own browser download is never used).
@@ -47,6 +47,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi \
 	  || echo "warning: could not install chromium; the browser tests will be skipped"; }
+
+# The PostgreSQL tests start a throwaway server from the installed binaries (tests/postgres.py): no service is used.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql for the PostgreSQL tests (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi \
+	  || echo "warning: could not install postgresql; the PostgreSQL tests will be skipped"; }
 
 screenshots: install browser  ## refresh docs/screenshots/ (chat with an opened citation, documents, evaluation)
 	FINRAG_SCREENSHOTS=docs/screenshots FINRAG_TEST_LLM=qwen2.5-coder-1.5b-instruct \

@@ -1,7 +1,8 @@
 """Conversations: the stored history of questions and answers.
 
 `Conversations(engine)`: `start(collection) -> id`, `history(id) -> list[Turn]` (oldest first) and `get(id)`,
-read from the `conversations` and `answers` tables; an unknown id raises UnknownConversation (404).
+read from the `conversations` and `answers` tables; an unknown id raises UnknownConversation (404), a collection
+name longer than the tables hold InvalidCollectionName (422).
 Follow-up questions are made standalone by `assistant.rewriting.Rewriter`.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .db import answers, conversations
+from .db import answers, checked_collection, conversations, storable
 from .errors import UnknownConversation
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class Conversations:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(sa.insert(conversations).values(
-                id=conversation_id, created_at=now, updated_at=now, collection=collection,
-                title=title_of(title) if title else None,
+                id=conversation_id, created_at=now, updated_at=now, collection=checked_collection(collection),
+                title=title_of(storable(title)) if title else None,
             ))
         return conversation_id
 

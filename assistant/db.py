@@ -1,8 +1,11 @@
 """The relational database: answers, conversations, feedback and the document registry.
 
-SQLite under DATA_DIR by default (WAL mode, busy timeout); any SQLAlchemy URL (PostgreSQL) via
-DATABASE_URL. The schema is owned by Alembic migrations in `assistant/migrations/versions`, applied
-on start-up by `connect()`; the table objects below mirror the latest migration.
+SQLite under DATA_DIR by default (WAL mode, busy timeout, foreign keys on); PostgreSQL for replicated
+deployments (DATABASE_URL=postgresql+psycopg://user:pass@host:5432/finrag, a pooled engine; a bare
+`postgresql://` URL uses psycopg too). The schema is owned by Alembic migrations in
+`assistant/migrations/versions`, applied on start-up by `connect()` (on PostgreSQL under an advisory lock, so
+replicas starting together migrate once); the table objects below mirror the latest migration. The queries in
+`records`, `conversations`, `memory` and the exporter are plain SQLAlchemy Core, the same on both databases.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from .errors import InvalidCollectionName
+
 log = logging.getLogger(__name__)
+
+COLLECTION_CHARS = 128  # the collection columns: PostgreSQL refuses longer values where SQLite would keep them
 
 metadata = sa.MetaData()
 
@@ -23,7 +30,7 @@ documents = sa.Table(
     "documents",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),  # doc_id: stable per (collection, path)
-    sa.Column("collection", sa.String(128), nullable=False, index=True),
+    sa.Column("collection", sa.String(COLLECTION_CHARS), nullable=False, index=True),
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("title", sa.Text),
@@ -42,7 +49,7 @@ conversations = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),  # its latest answer
-    sa.Column("collection", sa.String(128), nullable=False),
+    sa.Column("collection", sa.String(COLLECTION_CHARS), nullable=False),
     sa.Column("title", sa.Text),  # the first question, truncated
 )
 
@@ -51,7 +58,7 @@ answers = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("collection", sa.String(128), nullable=False),
+    sa.Column("collection", sa.String(COLLECTION_CHARS), nullable=False),
     sa.Column("question", sa.Text, nullable=False),
     sa.Column("answer", sa.Text, nullable=False),
     sa.Column("refused", sa.Boolean, nullable=False),
@@ -91,6 +98,27 @@ feedback = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def storable(text: str) -> str:
+    """`text` as every database stores it: PostgreSQL refuses NUL characters in text, so they become U+FFFD."""
+    return text.replace("\x00", "\ufffd")
+
+
+def checked_collection(name: str) -> str:
+    """`name`, or InvalidCollectionName (422) when it is longer than the collection columns hold."""
+    if len(name) > COLLECTION_CHARS:
+        raise InvalidCollectionName(
+            f"the collection name has {len(name)} characters; collection names have at most {COLLECTION_CHARS}"
+        )
+    return name
+
+
+# PostgreSQL connections per process: the API's worker threads share them (a request holds one for a few ms);
+# pre-ping drops connections the server or a proxy closed while idle.
+POSTGRES_POOL: dict[str, Any] = {"pool_size": 10, "max_overflow": 20, "pool_timeout": 30, "pool_pre_ping": True,
+                                 "pool_recycle": 1800}
+MIGRATION_LOCK = 0x66696E726167  # pg_advisory_xact_lock key ("finrag"): one migrating replica at a time
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -99,11 +127,23 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def database_url(url: str) -> sa.URL:
+    """`url` parsed; PostgreSQL without a driver named gets psycopg (3), the driver installed with finrag."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def connect(url: str) -> sa.Engine:
     """An engine on `url` with the schema migrated to the latest version."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, future=True)
+    parsed = database_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    elif parsed.get_backend_name() == "postgresql":
+        options = POSTGRES_POOL
+    engine = sa.create_engine(parsed, **options)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     migrate(engine)
@@ -116,6 +156,8 @@ def migrate(engine: sa.Engine) -> None:
     On SQLite, foreign keys are off while migrations run: batch migrations copy a table and drop the
     original, which SQLite refuses while other tables' rows reference it. The pragma only takes effect
     outside a transaction; the references are checked before the migration commits.
+    On PostgreSQL (transactional DDL) the migration holds an advisory lock until it commits: replicas started
+    together wait for the first, then find the schema at the latest version.
     """
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -126,6 +168,8 @@ def migrate(engine: sa.Engine) -> None:
             conn.commit()
         try:
             with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
                 if sqlite:

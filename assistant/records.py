@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from .answering import Answer, page_list
 from .conversations import title_of, unknown_conversation
-from .db import answers, conversations, feedback
+from .db import answers, checked_collection, conversations, feedback, storable
 from .errors import BadRequest, UnknownAnswer
 from .store import Filters
 
@@ -37,6 +37,7 @@ class AnswerLog:
             for h in answer.retrieved
         ]
         now = datetime.now(UTC)
+        question = storable(question)
         with self.engine.begin() as conn:  # committed before the response is sent
             if conversation_id is not None:  # the conversation's latest answer; its first question is its title
                 touched = conn.execute(sa.update(conversations).where(conversations.c.id == conversation_id).values(
@@ -45,12 +46,13 @@ class AnswerLog:
                 if touched.rowcount == 0:
                     raise unknown_conversation(conversation_id)
             conn.execute(sa.insert(answers).values(
-                id=answer_id, created_at=now, collection=collection, question=question,
-                answer=answer.answer, refused=answer.refused, model=answer.model,
+                id=answer_id, created_at=now, collection=checked_collection(collection), question=question,
+                answer=storable(answer.answer), refused=answer.refused, model=answer.model,
                 prompt_version=answer.prompt_version, embedder=self.embedder_name,
                 filters=dict(filters) if filters else None, retrieved=retrieved,
-                citations=[asdict(c) for c in answer.citations], latency_ms=latency_ms,
-                timings=answer.timings_ms, conversation_id=conversation_id, standalone_question=standalone_question,
+                citations=[asdict(c) for c in answer.citations], latency_ms=latency_ms, timings=answer.timings_ms,
+                conversation_id=conversation_id,
+                standalone_question=storable(standalone_question) if standalone_question is not None else None,
                 inferred_filters=answer.inferred_filters, versions=versions, memory=answer.memory or None,
             ))
         return answer_id
@@ -103,7 +105,8 @@ class FeedbackLog:
         marks = resolve_marks(citations, row.citations) if citations else []
         marks += [{"n": None, "point_id": c["point_id"], "source": c["source"], "section": c.get("section"),
                    "pages": list(c.get("pages") or []), "useful": True, "from": "correction"} for c in sources]
-        vote = {"rating": rating, "reason": reason, "comment": comment, "correction": correction,
+        vote = {"rating": rating, "reason": reason, "comment": storable(comment) if comment is not None else None,
+                "correction": storable(correction) if correction is not None else None,
                 "segment": segment, "citation_marks": marks or None}
         try:  # insert, and when the unique (answer, user) index refuses it, update: race-free on any database
             with self.engine.begin() as conn:

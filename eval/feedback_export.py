@@ -309,11 +309,8 @@ def read_votes(engine: sa.Engine, collection: str | None = None, since: datetime
     )
     if collection is not None:
         query = query.where(a.collection == collection)
-    if since is not None:  # SQLite keeps naive UTC: compare in UTC
-        since_utc = as_utc(since)
-        if engine.dialect.name == "sqlite":
-            since_utc = since_utc.replace(tzinfo=None)
-        query = query.where(sa.func.coalesce(f.updated_at, f.created_at) >= since_utc)
+    if since is not None:  # compared in UTC: what SQLite stores (without a zone), PostgreSQL converts to
+        query = query.where(sa.func.coalesce(f.updated_at, f.created_at) >= as_utc(since))
     with engine.connect() as conn:
         return [Vote.from_row(dict(row)) for row in conn.execute(query).mappings()]
 

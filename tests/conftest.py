@@ -5,6 +5,7 @@
   under a temporary DATA_DIR, with the real embedder. Tests must not modify it (use `fresh_components`).
 - `small_llm`: the real embedded Qwen2.5-Coder-0.5B GGUF (fetched from PyPI once into data/models).
 - `serve(app)`: an app served by uvicorn on a free loopback port (streaming and browser tests).
+- `postgres`: a throwaway PostgreSQL server (tests/postgres.py); `postgres.create_database()` per test.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from fastapi import FastAPI
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from postgres import PostgresServer
 
 from assistant.components import Components
 from assistant.embedding import SentenceTransformerEmbedder
@@ -88,6 +91,14 @@ def small_llm() -> LlamaCppLLM:
     # assertions about the model's name and answers are written for the 0.5B one.
     name = os.environ.get("FINRAG_TEST_LLM", "qwen2.5-coder-0.5b-instruct")
     return LlamaCppLLM(fetch(name, MODELS_DIR), name=name, threads=2, context_tokens=4096)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session; skipped without one (failed when FINRAG_REQUIRE_POSTGRES=1)."""
+    server = PostgresServer.start()
+    yield server
+    server.stop()
 
 
 @contextmanager
