@@ -25,12 +25,12 @@ from .memory import FeedbackMemory
 from .models import REGISTRY, require_model
 from .query import Facets, Inference, collection_facets
 from .records import AnswerLog
-from .rerank import CrossEncoderReranker, Reranker
-from .retrieval import QueryVectors, RetrievalMode, Retriever, Route
+from .rerank import Reranker, make_reranker
+from .retrieval import QueryBatcher, QueryVectors, RetrievalMode, Retriever, Route
 from .rewriting import Rewriter
 from .settings import Settings
 from .sparse import BM25Encoder
-from .store import Fusion, QdrantStore, VectorStore
+from .store import Distribution, Fusion, QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class Components:
         self._reranker: Reranker | None = None
         self._reranker_built = False
         self._facets: dict[str, tuple[int, Facets]] = {}
-        self.query_vectors = QueryVectors(settings.retrieval.query_cache)
+        self.query_vectors = QueryVectors(settings.retrieval.query_cache,
+                                          QueryBatcher() if settings.retrieval.query_batching else None)
         self._llms: dict[str, LLM] = {}  # per-request / per-collection generators, by spec
         self._memory: FeedbackMemory | None = None
         self._served: Served | None = None
@@ -87,7 +88,7 @@ class Components:
         e = self.settings.embedding
         return self._once(
             "_embedder",
-            lambda: make_embedder(e, self.settings.models_dir / "onnx"),
+            lambda: make_embedder(e, self.settings.models_dir),
         )
 
     @property
@@ -95,7 +96,8 @@ class Components:
         def build() -> VectorStore:
             s = self.settings.store
             if s.url:
-                return QdrantStore.server(s.url, s.api_key, s.timeout_s)
+                layout = Distribution(s.shards, s.replication_factor, s.write_consistency, s.write_ordering)
+                return QdrantStore.server(s.url, s.api_key, s.timeout_s, layout)
             self.settings.qdrant_path.mkdir(parents=True, exist_ok=True)
             if s.engine == "edge":
                 return EdgeStore.open(self.settings.qdrant_path)
@@ -284,13 +286,12 @@ class Components:
             r = self.settings.rerank
             if self.served.reranker:
                 version = self.served.reranker
-                return CrossEncoderReranker(self.registry.path(version), max_length=r.max_length, threads=r.threads,
-                                            int8=r.int8, name=version)
+                return make_reranker(self.registry.path(version), r, self.settings.models_dir / "onnx", name=version)
             path = self.settings.reranker_path
             if not (path / "config.json").exists():
                 log.warning("no reranker at %s: retrieval keeps the fused order (build it: make reranker)", path)
                 return None
-            return CrossEncoderReranker(path, max_length=r.max_length, threads=r.threads, int8=r.int8)
+            return make_reranker(path, r, self.settings.models_dir / "onnx")
 
         with self._lock:
             if not self._reranker_built:

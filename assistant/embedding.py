@@ -6,7 +6,11 @@ Backends, picked by `make_embedder` from `EMBEDDING_BACKEND`, all for a sentence
 - `torch-int8`: the same with torch's dynamic int8 quantization of every Linear layer.
 - `onnx`: the transformer exported once to ONNX (attention fused by onnxruntime's BERT optimizer) and run by
   onnxruntime, with the model's own tokenizer and mean pooling (`OnnxEmbedder`): the same vectors as torch.
-- `onnx-int8`: that export with int8 weights (onnxruntime dynamic quantization): fastest, vectors move slightly.
+- `onnx-int8`: that export with int8 weights (onnxruntime dynamic quantization): vectors move slightly.
+- `static`: a Model2Vec static embedding distilled from the model once (each vocabulary token through the
+  transformer, PCA to EMBEDDING_STATIC_DIMS, Zipf weighting): a text's vector is the mean of its tokens' rows, no
+  transformer at run time — hundreds of times faster, weaker alone; meant as a first stage with BM25 fusion and the
+  cross-encoder reranker after it (`StaticEmbedder`).
 
 The ONNX files are cached under the folder the caller gives, keyed by a hash of the model's weights and config, so
 another model (or a re-trained one in the same folder) is exported afresh. bench/embed_bench.py measures them all.
@@ -51,11 +55,14 @@ def embed_one(embedder: Embedder, text: str) -> list[float]:
 
 def embedder_name(settings: EmbeddingSettings) -> str:
     """The name the embedder of `settings` will have: the model's, plus the backend where its vectors differ."""
+    if settings.backend == "static":
+        return f"{settings.model}+static{settings.static_dims}"
     return f"{settings.model}+{settings.backend}" if settings.backend.endswith("-int8") else settings.model
 
 
 def make_embedder(settings: EmbeddingSettings, cache_dir: Path) -> Embedder:
-    """The embedder EMBEDDING_BACKEND names; ONNX exports are cached under `cache_dir`.
+    """The embedder EMBEDDING_BACKEND names; ONNX exports are cached under `cache_dir`/onnx, static models under
+    `cache_dir`/static.
 
     `torch` and `onnx` give the same vectors (cosine > 0.9999), so they share the model's name; the int8 backends'
     vectors differ (cosine ≈ 0.98-0.99 to torch), so their name says so (`<model>+onnx-int8`).
@@ -63,9 +70,11 @@ def make_embedder(settings: EmbeddingSettings, cache_dir: Path) -> Embedder:
     s = settings
     int8 = s.backend.endswith("-int8")
     name = embedder_name(s)
+    if s.backend == "static":
+        return StaticEmbedder(s.model, cache_dir=cache_dir, dims=s.static_dims, name=name)
     if s.backend in ("onnx", "onnx-int8"):
-        return OnnxEmbedder(s.model, cache_dir=cache_dir, int8=int8, batch_size=s.batch_size, threads=s.threads,
-                            name=name)
+        return OnnxEmbedder(s.model, cache_dir=cache_dir / "onnx", int8=int8, batch_size=s.batch_size,
+                            threads=s.threads, name=name)
     return SentenceTransformerEmbedder(s.model, batch_size=s.batch_size, threads=s.threads, name=name, int8=int8)
 
 
@@ -221,6 +230,77 @@ class OnnxEmbedder:
         return ids
 
 
+class StaticEmbedder:
+    """A Model2Vec static model distilled from a sentence-transformers model (`static_model`): a text's vector is the
+    normalised mean of its tokens' rows. Chunk sizes are counted with the source model's own tokenizer, so chunks
+    are the same as with the other backends."""
+
+    def __init__(self, model: str, *, cache_dir: Path, dims: int = 256, name: str | None = None) -> None:
+        _offline()
+        from model2vec import StaticModel
+        from transformers import AutoTokenizer
+
+        path = resolve_model_dir(model)
+        folder = static_model(path, Path(cache_dir), dims=dims)
+        self._model = StaticModel.from_pretrained(str(folder), normalize=True)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ComponentUnavailable(f"cannot load the tokenizer of embedding model {path}: {exc}") from exc
+        self._tokenizing = threading.Lock()
+        self.dim = int(self._model.dim)
+        self.max_tokens = _mean_pooling_layout(path)[1]
+        self.name = name or f"{model}+static{dims}"
+        log.info("embedder %s loaded from %s (static, dim %d)", model, folder, self.dim)
+
+    def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors = self._model.encode(list(texts), max_length=self.max_tokens, use_multiprocessing=False)
+        rows: list[list[float]] = vectors.astype("float32").tolist()
+        return rows
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        with self._tokenizing:
+            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False, verbose=False)
+        return ids
+
+
+def static_model(model_dir: Path, cache_dir: Path, *, dims: int) -> Path:
+    """The Model2Vec distillation of the model in cache_dir/static/<model_key>-<dims>/, built on first use (about
+    25 s for MiniLM-L6 on 2 idle cores), written to a temporary folder and renamed into place."""
+    folder = cache_dir / "static" / f"{model_key(model_dir)}-{dims}"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    log.info("distilling a static embedding of %s (once)", model_dir)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".building-") as work:
+        from model2vec.distill import distill
+
+        quiet = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"  # its progress bar over the vocabulary: the log line below says it
+        try:
+            distilled = distill(model_name=str(model_dir), pca_dims=dims)
+        except (OSError, ValueError) as exc:
+            raise ComponentUnavailable(f"cannot distil a static embedding from {model_dir}: {exc}") from exc
+        finally:
+            if quiet is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = quiet
+        out = Path(work) / "model"
+        distilled.save_pretrained(str(out))
+        if folder.exists():  # another process built it meanwhile
+            return folder
+        os.replace(out, folder)
+    log.info("distilled a static embedding of %s into %s in %.1f s", model_dir, folder, time.perf_counter() - started)
+    return folder
+
+
 def _mean_pooling_layout(path: Path) -> tuple[int, int, bool]:
     """(dim, max_seq_length, do_lower_case) of a Transformer → mean Pooling (→ Normalize) sentence-transformers
     folder, as sentence-transformers reads them; anything else is an error saying to use the torch backend."""
@@ -243,13 +323,14 @@ def _mean_pooling_layout(path: Path) -> tuple[int, int, bool]:
     return int(pooling["word_embedding_dimension"]), int(max_len), bool(st_config.get("do_lower_case"))
 
 
-def onnx_model(model_dir: Path, cache_dir: Path, *, int8: bool = False) -> Path:
-    """The model's ONNX export (int8: its int8-weight version) in cache_dir/<model_key>/, built on first use.
+def onnx_model(model_dir: Path, cache_dir: Path, *, int8: bool = False, classifier: bool = False) -> Path:
+    """The model's ONNX export (int8: its int8-weight version) in cache_dir/<model_key>/, built on first use:
+    the transformer's last hidden state, or with `classifier` a sequence classifier's logits (a cross-encoder).
     Files are written under a temporary name and renamed, so an interrupted build never leaves a broken one."""
-    folder = cache_dir / model_key(model_dir)
+    folder = cache_dir / (model_key(model_dir) + ("-logits" if classifier else ""))
     fp32 = folder / "model.onnx"
     if not fp32.is_file():
-        _build(fp32, lambda out: _export(model_dir, out))
+        _build(fp32, lambda out: _export(model_dir, out, classifier=classifier))
     if not int8:
         return fp32
     quantized = folder / "model-int8.onnx"
@@ -279,18 +360,21 @@ def _build(target: Path, write: Callable[[Path], None]) -> None:
     log.info("built %s in %.1f s", target, time.perf_counter() - started)
 
 
-def _export(model_dir: Path, out: Path) -> None:
+def _export(model_dir: Path, out: Path, *, classifier: bool = False) -> None:
     """The transformer through torch.onnx's TorchScript exporter (opset 17, dynamic batch and sequence axes), with
-    eager attention, whose pattern onnxruntime's BERT optimizer then fuses (Attention, SkipLayerNorm, BiasGelu)."""
+    eager attention, whose pattern onnxruntime's BERT optimizer then fuses (Attention, SkipLayerNorm, BiasGelu).
+    Output: `last_hidden_state`, or `logits` of a sequence classifier with `classifier`."""
     import torch
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
+    auto = AutoModelForSequenceClassification if classifier else AutoModel
     try:
-        model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", local_files_only=True).eval()
+        model = auto.from_pretrained(str(model_dir), attn_implementation="eager", local_files_only=True).eval()
     except (OSError, ValueError) as exc:
-        raise ComponentUnavailable(f"cannot load embedding model {model_dir} to export it to ONNX: {exc}") from exc
+        raise ComponentUnavailable(f"cannot load model {model_dir} to export it to ONNX: {exc}") from exc
+    output = "logits" if classifier else "last_hidden_state"
 
-    class LastHiddenState(torch.nn.Module):
+    class FirstOutput(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -302,11 +386,12 @@ def _export(model_dir: Path, out: Path) -> None:
     mask = torch.ones_like(ids)
     mask[1, 10:] = 0  # a padded row, so that the mask is traced as data
     raw = out.with_name("raw.onnx")
-    axes = {name: {0: "batch", 1: "sequence"} for name in (*ONNX_INPUTS, "last_hidden_state")}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    axes[output] = {0: "batch"} if classifier else {0: "batch", 1: "sequence"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer notes
-        torch.onnx.export(LastHiddenState(), (ids, mask, torch.zeros_like(ids)), str(raw), dynamo=False,
-                          input_names=list(ONNX_INPUTS), output_names=["last_hidden_state"], dynamic_axes=axes,
+        torch.onnx.export(FirstOutput(), (ids, mask, torch.zeros_like(ids)), str(raw), dynamo=False,
+                          input_names=list(ONNX_INPUTS), output_names=[output], dynamic_axes=axes,
                           opset_version=17)
     if model.config.model_type != "bert":
         os.replace(raw, out)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .chunks import ScoredChunk, passage_text
 from .errors import ComponentUnavailable
+from .settings import RerankSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,24 @@ def blend_scores(logits: Sequence[float], weight: float, prior: Sequence[int | N
     return [(1 - weight) * f + weight * x for f, x in zip(fused, learned, strict=True)]
 
 
+def make_reranker(path: Path, settings: RerankSettings, onnx_cache: Path, *, name: str | None = None) -> Reranker:
+    """The cross-encoder at `path`, run as RERANK_BACKEND says (ONNX exports cached under `onnx_cache`)."""
+    s = settings
+    if s.backend in ("onnx", "onnx-int8"):
+        return OnnxCrossEncoder(path, cache_dir=onnx_cache, int8=s.backend == "onnx-int8", max_length=s.max_length,
+                                threads=s.threads, name=name)
+    return CrossEncoderReranker(path, max_length=s.max_length, threads=s.threads, name=name,
+                                int8=s.backend == "torch-int8")
+
+
+def _require_model(path: Path) -> None:
+    if not (path / "config.json").exists():
+        raise ComponentUnavailable(
+            f"no reranker model at {path}; build it with `make reranker` (python -m eval train-reranker) "
+            "or set RERANK_ENABLED=false"
+        )
+
+
 class CrossEncoderReranker:
     """A sentence-transformers `CrossEncoder` with one relevance logit, on CPU."""
 
@@ -86,11 +105,7 @@ class CrossEncoderReranker:
         self, path: Path, *, max_length: int | None = None, batch_size: int = 32, threads: int | None = None,
         name: str | None = None, int8: bool = False,
     ) -> None:
-        if not (path / "config.json").exists():
-            raise ComponentUnavailable(
-                f"no reranker model at {path}; build it with `make reranker` (python -m eval train-reranker) "
-                "or set RERANK_ENABLED=false"
-            )
+        _require_model(path)
         import torch
         from sentence_transformers import CrossEncoder
 
@@ -120,6 +135,67 @@ class CrossEncoderReranker:
             logits = self.model.predict(pairs, batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
                                         show_progress_bar=False, convert_to_numpy=True)
         return [float(x) for x in logits.reshape(-1)]
+
+
+class OnnxCrossEncoder:
+    """The same cross-encoder exported to ONNX (`embedding.onnx_model(classifier=True)`) and run by onnxruntime;
+    `int8=True` runs its int8-weight export. Pairs are tokenized as sentence-transformers' CrossEncoder does
+    (question, passage; longest-first truncation to `max_length`) and batched longest first."""
+
+    def __init__(
+        self, path: Path, *, cache_dir: Path, int8: bool = False, max_length: int | None = None,
+        batch_size: int = 32, threads: int = 2, name: str | None = None,
+    ) -> None:
+        _require_model(path)
+        import threading
+
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from .embedding import onnx_model
+
+        self.path = path
+        self.manifest = read_manifest(path)
+        trained = self.manifest.get("config", {}).get("max_length")
+        self.max_length = max_length or (int(trained) if trained else 256)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self._tokenizing = threading.Lock()  # a fast tokenizer's truncation is state: concurrent calls fail
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        model = onnx_model(path, cache_dir, int8=int8, classifier=True)
+        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self.batch_size = batch_size
+        self.name = (name or str(self.manifest.get("name") or path.name)) + ("+onnx-int8" if int8 else "")
+        blend = self.manifest.get("blend")
+        self.blend: float | None = float(blend) if blend is not None else None
+
+    def scores(self, question: str, passages: Sequence[str]) -> list[float]:
+        import numpy as np
+
+        if not passages:
+            return []
+        with self._tokenizing:
+            encoded = self._tokenizer([question] * len(passages), list(passages), truncation=True,
+                                      max_length=self.max_length)
+        ids, types = encoded["input_ids"], encoded["token_type_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = np.empty(len(ids), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            feed = {name: np.zeros((len(batch), width), dtype=np.int64) for name in ("input_ids", "attention_mask",
+                                                                                    "token_type_ids")}
+            for row, i in enumerate(batch):
+                n = len(ids[i])
+                feed["input_ids"][row, :n] = ids[i]
+                feed["attention_mask"][row, :n] = 1
+                feed["token_type_ids"][row, :n] = types[i]
+            logits = self._session.run(["logits"], {k: feed[k] for k in self._inputs})[0]
+            out[batch] = logits.reshape(len(batch), -1)[:, 0]
+        return [float(x) for x in out]
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,12 +41,58 @@ class Retrieval:
     memory: list[MemoryEffect] = field(default_factory=list)  # chunks past feedback raised, added or lowered
 
 
+class QueryBatcher:
+    """Questions asked at the same time are embedded together: one forward pass for a batch costs far less than
+    one per question on a CPU. A worker thread takes whatever is waiting (up to `max_batch`) as soon as it is free,
+    so a lone question waits for nothing and a busy server batches by itself."""
+
+    def __init__(self, max_batch: int = 32) -> None:
+        self.max_batch = max_batch
+        self._pending: deque[tuple[Embedder, str, Future[list[float]]]] = deque()
+        self._ready = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.batches = self.questions = 0
+
+    def vector(self, embedder: Embedder, question: str) -> list[float]:
+        done: Future[list[float]] = Future()
+        with self._ready:
+            self._pending.append((embedder, question, done))
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="query-batcher", daemon=True)
+                self._worker.start()
+            self._ready.notify()
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            groups: dict[int, list[tuple[Embedder, str, Future[list[float]]]]] = {}
+            for item in batch:
+                groups.setdefault(id(item[0]), []).append(item)
+            for items in groups.values():
+                try:
+                    vectors = items[0][0].embed_batch([question for _, question, _ in items])
+                except Exception as exc:  # handed to the callers, who raise it
+                    for _, _, done in items:
+                        done.set_exception(exc)
+                    continue
+                for (_, _, done), vector in zip(items, vectors, strict=True):
+                    done.set_result(vector)
+            self.batches += 1
+            self.questions += len(batch)
+
+
 class QueryVectors:
     """Question embeddings remembered per (embedder, question): a repeated question skips the embedder, which is
-    most of retrieval's time on a CPU. LRU, bounded, shared by a process's retrievers, safe across threads."""
+    most of retrieval's time on a CPU. LRU, bounded, shared by a process's retrievers, safe across threads. With a
+    `batcher`, questions missing from it are embedded together with others asked at the same time."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, batcher: QueryBatcher | None = None) -> None:
         self.size = size
+        self.batcher = batcher
         self._vectors: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -59,7 +106,7 @@ class QueryVectors:
                 self.hits += 1
                 return found
             self.misses += 1
-        vector = embed_one(embedder, question)
+        vector = self.batcher.vector(embedder, question) if self.batcher else embed_one(embedder, question)
         if self.size:
             with self._lock:
                 self._vectors[key] = vector

@@ -38,7 +38,44 @@ class StoreSettings(_Section):
         default=None,
         description="Embedded index directory. Default: DATA_DIR/qdrant-edge (edge) or DATA_DIR/qdrant (local).",
     )
-    timeout_s: float = Field(default=30.0, description="Timeout of one Qdrant request, in seconds.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one Qdrant request, in seconds.")
+    # Distributed mode (a Qdrant cluster): how a new collection is laid out, and how writes reach replicas.
+    shards: int | None = Field(
+        default=None, ge=1,
+        description="Qdrant server: shards of a new collection (shard_number), spread over the cluster's nodes. "
+        "Default: the server's (one per node). Only new collections take it; existing ones keep their layout.",
+    )
+    replication_factor: int | None = Field(
+        default=None, ge=1,
+        description="Qdrant server: copies of each shard in a new collection, on different nodes (2: one node may "
+        "fail). Default: the server's (1).",
+    )
+    write_consistency: int | None = Field(
+        default=None, ge=1,
+        description="Qdrant server: replicas that must apply a write before it succeeds (write_consistency_factor "
+        "of a new collection), at most QDRANT_REPLICATION_FACTOR. Default: the server's (1).",
+    )
+    write_ordering: Literal["weak", "medium", "strong"] = Field(
+        default="medium",
+        description="Qdrant server: ordering of point writes across replicas: 'weak' (may be reordered), 'medium' "
+        "(through a dynamically elected leader shard) or 'strong' (through the permanent leader; stalls while it is "
+        "down). Writes always wait until applied.",
+    )
+
+    @model_validator(mode="after")
+    def _distribution_needs_a_server(self) -> StoreSettings:
+        named = [f"QDRANT_{key.upper()}" for key in ("shards", "replication_factor", "write_consistency")
+                 if getattr(self, key) is not None]
+        if named and not self.url:
+            raise ValueError(f"{', '.join(named)}: only a Qdrant server lays out collections in shards and "
+                             "replicas; set QDRANT_URL, or unset them for embedded Qdrant")
+        if self.write_consistency is not None and self.write_consistency > (self.replication_factor or 1):
+            raise ValueError(
+                f"QDRANT_WRITE_CONSISTENCY={self.write_consistency} needs at least as many replicas: set "
+                f"QDRANT_REPLICATION_FACTOR to {self.write_consistency} or more (now "
+                f"{self.replication_factor or 'unset, i.e. 1'})"
+            )
+        return self
 
 
 class EmbeddingSettings(_Section):
@@ -51,11 +88,16 @@ class EmbeddingSettings(_Section):
     )
     batch_size: int = Field(default=32, ge=1, description="Texts embedded per batch.")
     threads: int = Field(default=2, ge=1, description="CPU threads for embedding (torch or onnxruntime).")
-    backend: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
+    backend: Literal["torch", "torch-int8", "onnx", "onnx-int8", "static"] = Field(
         default="torch",
         description="How the model runs on the CPU: 'torch' (sentence-transformers), 'torch-int8' (torch dynamic "
-        "int8 quantization), 'onnx' (onnxruntime, the same vectors as torch) or 'onnx-int8' (onnxruntime, int8 "
-        "weights: fastest, vectors differ slightly). ONNX files are exported once to DATA_DIR/models/onnx.",
+        "int8 quantization), 'onnx' (onnxruntime, the same vectors as torch), 'onnx-int8' (onnxruntime, int8 "
+        "weights: vectors differ slightly) or 'static' (a Model2Vec static embedding distilled from the model: "
+        "hundreds of times faster, weaker alone). ONNX and static files are built once under DATA_DIR/models.",
+    )
+    static_dims: int = Field(
+        default=256, ge=16, le=4096,
+        description="Dimensions of the 'static' backend's vectors (PCA of the distilled token embeddings).",
     )
 
 
@@ -153,6 +195,11 @@ class RetrievalSettings(_Section):
         default=2048, ge=0,
         description="Question embeddings remembered (LRU): a repeated question skips the embedder (0: off).",
     )
+    query_batching: bool = Field(
+        default=True,
+        description="Embed questions asked at the same time together, in one batch (a busy server's throughput; "
+        "a lone question waits for nothing; bench/results/load.md).",
+    )
     min_score: float = Field(
         default=0.25,
         description="Dense cosine score under which the nearest chunk counts as no evidence: the assistant "
@@ -191,11 +238,13 @@ class RerankSettings(_Section):
         default=None, ge=32, le=512,
         description="Tokens of question + passage it reads (default: what the model was trained with).",
     )
-    threads: int = Field(default=2, ge=1, description="Torch CPU threads for reranking.")
-    int8: bool = Field(
-        default=False,
-        description="Quantise the cross-encoder's Linear layers to int8 (per channel): faster on a CPU, scores "
-        "differ slightly (bench/results/retrieval.md).",
+    threads: int = Field(default=2, ge=1, description="CPU threads for reranking.")
+    backend: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="How the cross-encoder runs: 'torch' (sentence-transformers), 'torch-int8' (Linear layers "
+        "quantised per channel), 'onnx' (onnxruntime, fused attention) or 'onnx-int8' (onnxruntime, int8 weights: "
+        "fastest, scores differ slightly; bench/results/retrieval.md). ONNX files are exported once to "
+        "DATA_DIR/models/onnx.",
     )
 
 
@@ -293,6 +342,11 @@ class IngestSettings(_Section):
         default=1, ge=0, le=64,
         description="Processes that parse files ahead while the main one embeds and indexes (0: parse in the main "
         "process). On 2 cores, 1; with more, up to the cores left after embedding (bench/results/ingest.md).",
+    )
+    pdf_parser: Literal["pdfium", "pypdf"] = Field(
+        default="pdfium",
+        description="What reads PDF text: 'pdfium' (pypdfium2, PDFium's C++: ~10× faster on filings) or 'pypdf' "
+        "(pure Python). A PDF PDFium cannot open is tried with pypdf. Changing it re-indexes PDFs.",
     )
 
 

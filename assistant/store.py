@@ -7,13 +7,17 @@
 from __future__ import annotations
 
 import logging
+import math
+import uuid
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from .chunks import FILTERABLE_FIELDS, INTEGER_FIELDS, Chunk, ScoredChunk
 from .errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
@@ -131,12 +135,41 @@ def _payload_schema(key: str) -> models.PayloadSchemaType:
     return models.PayloadSchemaType.INTEGER if key in INTEGER_FIELDS else models.PayloadSchemaType.KEYWORD
 
 
-class QdrantStore:
-    """Qdrant through qdrant-client; cosine distance; one point per chunk, the chunk as payload."""
+@dataclass(frozen=True)
+class Distribution:
+    """How a Qdrant server lays out a new collection and applies writes (QDRANT_SHARDS, QDRANT_REPLICATION_FACTOR,
+    QDRANT_WRITE_CONSISTENCY, QDRANT_WRITE_ORDERING). None leaves it to the server's defaults."""
 
-    def __init__(self, client: QdrantClient, *, embedded: bool) -> None:
+    shards: int | None = None
+    replication_factor: int | None = None
+    write_consistency: int | None = None
+    write_ordering: Literal["weak", "medium", "strong"] | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("shards", "replication_factor", "write_consistency"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be 1 or more, got {value}")
+        if self.write_consistency is not None and self.write_consistency > (self.replication_factor or 1):
+            raise ValueError("write_consistency must not exceed replication_factor")
+
+    @property
+    def ordering(self) -> models.WriteOrdering | None:
+        return None if self.write_ordering is None else models.WriteOrdering(self.write_ordering)
+
+
+class QdrantStore:
+    """Qdrant through qdrant-client; cosine distance; one point per chunk, the chunk as payload.
+
+    On a server, `distribution` lays out the collections it creates (shards, replicas, write consistency) and
+    orders point writes across replicas; every write waits until applied (`wait=True`), so a count or search
+    right after an ingest sees it.
+    """
+
+    def __init__(self, client: QdrantClient, *, embedded: bool, distribution: Distribution | None = None) -> None:
         self._client = client
         self.embedded = embedded
+        self.distribution = distribution or Distribution()
 
     @classmethod
     def embedded_at(cls, path: str) -> QdrantStore:
@@ -169,8 +202,11 @@ class QdrantStore:
         return self._client
 
     @classmethod
-    def server(cls, url: str, api_key: str | None = None, timeout_s: float = 30.0) -> QdrantStore:
-        return cls(QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s)), embedded=False)
+    def server(cls, url: str, api_key: str | None = None, timeout_s: float = 30.0,
+               distribution: Distribution | None = None) -> QdrantStore:
+        """A Qdrant server (or cluster node) over HTTP at `url`."""
+        client = QdrantClient(url=url, api_key=api_key, timeout=max(1, math.ceil(timeout_s)), prefer_grpc=False)
+        return cls(client, embedded=False, distribution=distribution)
 
     def ensure_collection(self, collection: str, dim: int) -> None:
         if self._client.collection_exists(collection):
@@ -183,15 +219,36 @@ class QdrantStore:
                     "delete it (or DATA_DIR/qdrant) and ingest again"
                 )
             check_dimension(collection, dense.size, dim)
+            self._note_other_layout(collection, info.config.params)
             self._create_payload_indexes(collection, existing=info.payload_schema)
             return
-        log.info("creating collection %s (%d-d, cosine)", collection, dim)
+        d = self.distribution
+        log.info("creating collection %s (%d-d, cosine; shards %s, replicas %s, write consistency %s)",
+                 collection, dim, d.shards or "default", d.replication_factor or "default",
+                 d.write_consistency or "default")
         self._client.create_collection(
             collection,
             vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            shard_number=d.shards, replication_factor=d.replication_factor,
+            write_consistency_factor=d.write_consistency,
+            # a server keeps payloads (chunk text) on disk and only the indexed fields in RAM
+            on_disk_payload=None if self.embedded else True,
         )
         self._create_payload_indexes(collection, existing={})
+
+    def _note_other_layout(self, collection: str, params: models.CollectionParams) -> None:
+        """Distribution settings apply to new collections only: say so when an existing one differs."""
+        d = self.distribution
+        wanted = {"shard_number": d.shards, "replication_factor": d.replication_factor,
+                  "write_consistency_factor": d.write_consistency}
+        differ = {k: (getattr(params, k, None), v) for k, v in wanted.items()
+                  if v is not None and getattr(params, k, None) not in (None, v)}
+        if differ:
+            log.warning("collection %s keeps the layout it was created with (%s): QDRANT_SHARDS, "
+                        "QDRANT_REPLICATION_FACTOR and QDRANT_WRITE_CONSISTENCY apply to new collections (change "
+                        "an existing one with Qdrant's collection and cluster APIs)", collection,
+                        ", ".join(f"{k} {have}, settings {want}" for k, (have, want) in differ.items()))
 
     def _create_payload_indexes(self, collection: str, existing: Mapping[str, Any]) -> None:
         """Index every filterable field not indexed yet (integer for INTEGER_FIELDS, keyword otherwise).
@@ -218,7 +275,8 @@ class QdrantStore:
                 named[SPARSE] = models.SparseVector(indices=sparse[i].indices, values=sparse[i].values)
             points.append(models.PointStruct(id=chunk.id, vector=named, payload=chunk.payload()))
         for start in range(0, len(points), 256):
-            self._client.upsert(collection, points[start : start + 256], wait=True)
+            self._client.upsert(collection, points[start : start + 256], wait=True,
+                                ordering=self.distribution.ordering)
 
     def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None:
         """Delete a document's chunks; with `keep_file_hash`, only those of other file versions."""
@@ -231,7 +289,8 @@ class QdrantStore:
             must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))],
             must_not=must_not or None,
         )
-        self._client.delete(collection, points_selector=models.FilterSelector(filter=selector), wait=True)
+        self._client.delete(collection, points_selector=models.FilterSelector(filter=selector), wait=True,
+                            ordering=self.distribution.ordering)
 
     def count(self, collection: str, doc_id: str | None = None) -> int:
         if not self._client.collection_exists(collection):
@@ -243,37 +302,36 @@ class QdrantStore:
         self, collection: str, vector: Sequence[float] | None, limit: int, filters: Filters | None = None,
         sparse: SparseVector | None = None, candidates: int | None = None, fusion: Fusion | None = None,
     ) -> list[ScoredChunk]:
-        if not self._client.collection_exists(collection):
-            raise UnknownCollection(
-                f"collection {collection!r} does not exist; ingest documents into it first "
-                f"(python -m ingest PATH --collection {collection})"
-            )
         flt = build_filter(filters)
-        if vector is None:  # BM25 alone (a question of stop words only finds nothing)
-            if sparse is None or not sparse.indices:
-                return []
-            response = self._client.query_points(
-                collection, query=models.SparseVector(indices=sparse.indices, values=sparse.values),
-                using=SPARSE, limit=limit, query_filter=flt, with_payload=True,
-            )
-        elif sparse is None or not sparse.indices:
-            response = self._client.query_points(
-                collection, query=list(vector), using=DENSE, limit=limit, query_filter=flt, with_payload=True
-            )
-        else:
-            depth = max(candidates or limit, limit)
-            response = self._client.query_points(
-                collection,
-                prefetch=[
-                    models.Prefetch(query=list(vector), using=DENSE, limit=depth, filter=flt),
-                    models.Prefetch(
-                        query=models.SparseVector(indices=sparse.indices, values=sparse.values),
-                        using=SPARSE, limit=depth, filter=flt,
-                    ),
-                ],
-                query=models.RrfQuery(rrf=(fusion or Fusion()).rrf()),
-                limit=limit, with_payload=True,
-            )
+        no_terms = sparse is None or not sparse.indices
+        if limit < 1 or (vector is None and no_terms):  # BM25 alone, a question of stop words: nothing
+            self._require(collection)
+            return []
+        with _collection_of(collection):  # one round trip to a server: no separate existence check
+            if vector is None:
+                assert sparse is not None
+                response = self._client.query_points(
+                    collection, query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                    using=SPARSE, limit=limit, query_filter=flt, with_payload=True,
+                )
+            elif sparse is None or no_terms:
+                response = self._client.query_points(
+                    collection, query=list(vector), using=DENSE, limit=limit, query_filter=flt, with_payload=True
+                )
+            else:
+                depth = max(candidates or limit, limit)
+                response = self._client.query_points(
+                    collection,
+                    prefetch=[
+                        models.Prefetch(query=list(vector), using=DENSE, limit=depth, filter=flt),
+                        models.Prefetch(
+                            query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                            using=SPARSE, limit=depth, filter=flt,
+                        ),
+                    ],
+                    query=models.RrfQuery(rrf=(fusion or Fusion()).rrf()),
+                    limit=limit, with_payload=True,
+                )
         return [
             ScoredChunk(chunk=Chunk.from_payload(p.payload or {}), score=float(p.score), point_id=str(p.id))
             for p in response.points
@@ -286,8 +344,9 @@ class QdrantStore:
         offset: Any = None
         flt = build_doc_filter(doc_id)
         while True:
-            points, offset = self._client.scroll(collection, scroll_filter=flt, limit=batch, offset=offset,
-                                                 with_payload=True)
+            with _collection_of(collection):
+                points, offset = self._client.scroll(collection, scroll_filter=flt, limit=batch, offset=offset,
+                                                     with_payload=True)
             for p in points:
                 yield str(p.id), Chunk.from_payload(p.payload or {})
             if offset is None:
@@ -296,11 +355,21 @@ class QdrantStore:
     def get_chunks(self, collection: str, point_ids: Sequence[str]) -> dict[str, Chunk]:
         if not point_ids:
             return {}
-        points = self._client.retrieve(collection, ids=list(point_ids), with_payload=True)
+        for point_id in point_ids:  # as Qdrant Edge does; local mode would ignore it, a server answers 400
+            try:
+                uuid.UUID(point_id)
+            except ValueError:
+                raise ValueError(f"failed to parse {point_id} as UUID: point ids are UUIDs") from None
+        with _collection_of(collection):
+            points = self._client.retrieve(collection, ids=list(point_ids), with_payload=True)
         return {str(p.id): Chunk.from_payload(p.payload or {}) for p in points}
 
     def collections(self) -> list[str]:
         return sorted(c.name for c in self._client.get_collections().collections)
+
+    def _require(self, collection: str) -> None:
+        if not self._client.collection_exists(collection):
+            raise _unknown(collection)
 
     def drop_collection(self, collection: str) -> None:
         """Delete a collection (nothing happens when it does not exist)."""
@@ -309,6 +378,28 @@ class QdrantStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _unknown(collection: str) -> UnknownCollection:
+    return UnknownCollection(
+        f"collection {collection!r} does not exist; ingest documents into it first "
+        f"(python -m ingest PATH --collection {collection})"
+    )
+
+
+@contextmanager
+def _collection_of(collection: str) -> Iterator[None]:
+    """A missing collection, as local mode (ValueError) and a server (404) report it, is UnknownCollection."""
+    try:
+        yield
+    except UnexpectedResponse as exc:
+        if exc.status_code == 404:
+            raise _unknown(collection) from None
+        raise
+    except ValueError as exc:
+        if str(exc) == f"Collection {collection} not found":
+            raise _unknown(collection) from None
+        raise
 
 
 def build_doc_filter(doc_id: str | None) -> models.Filter | None:

@@ -38,7 +38,7 @@ from assistant.components import Components
 from assistant.db import documents
 from assistant.embedding import embedder_name
 
-from .loading import SUPPORTED, LoadedDocument, LoadError, load
+from .loading import SUPPORTED, LoadedDocument, LoadError, PdfParser, load
 
 if TYPE_CHECKING:
     from .chunking import Chunker
@@ -185,11 +185,16 @@ class Ingestor:
         return self._chunker
 
     @property
-    def pipeline(self) -> str:
-        """Fingerprint of everything besides the file that decides its chunks and vectors."""
+    def pdf_parser(self) -> PdfParser:
+        return self.components.settings.ingest.pdf_parser
+
+    def pipeline(self, path: Path) -> str:
+        """Fingerprint of everything besides the file that decides its chunks and vectors (the PDF parser: for PDFs)."""
         c = self.components.settings.chunking
         model = embedder_name(self.components.settings.embedding)  # with the backend where vectors differ (int8)
         spec = f"{PARSER_VERSION}:{c.size_tokens}:{c.overlap_tokens}:{c.pack_rules}:{model}"
+        if path.suffix.lower() == ".pdf" and self.pdf_parser != "pypdf":  # pypdf: the fingerprint from before
+            spec += f":{self.pdf_parser}"
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     def ingest(
@@ -210,7 +215,7 @@ class Ingestor:
             for path, plan in planned:
                 while parse_ahead is not None and to_parse and len(parsing) <= workers:  # bounded read-ahead
                     ahead = to_parse.popleft()
-                    parsing[ahead] = parse_ahead.submit(load, ahead)
+                    parsing[ahead] = parse_ahead.submit(load, ahead, self.pdf_parser)
                 bar.set_postfix_str(path.name[:40])
                 if isinstance(plan, FileOutcome):
                     report.add(plan)
@@ -257,7 +262,7 @@ class Ingestor:
         physical = self.components.served.physical(collection)  # re-embedded by a learned embedder?
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(documents).where(documents.c.id == doc_id)).mappings().first()
-        if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline
+        if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline(path)
                 and self.store.count(physical, doc_id) == row["chunks"]):
             return FileOutcome(path, doc_id, "unchanged", pages=row["pages"] or 0, chunks=row["chunks"])
         return _Plan(collection, physical, doc_id, file_hash, known=row is not None)
@@ -273,7 +278,7 @@ class Ingestor:
 
     def _load(self, path: Path) -> LoadedDocument:
         self._progress(path, "parsing")
-        return load(path)
+        return load(path, self.pdf_parser)
 
     def _index(self, path: Path, plan: _Plan, doc: LoadedDocument, progress: bool) -> FileOutcome:
         chunks = self.chunker.chunk(doc, plan.doc_id, plan.file_hash)
@@ -297,7 +302,7 @@ class Ingestor:
             "collection": plan.collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
             "doc_type": doc.doc_type, "file_hash": plan.file_hash, "size_bytes": path.stat().st_size,
             "pages": doc.page_count, "chunks": len(chunks), "indexed_at": datetime.now(UTC),
-            "pipeline": self.pipeline,
+            "pipeline": self.pipeline(path),
         }
         with self.engine.begin() as conn:
             if plan.known:

@@ -175,6 +175,8 @@ def test_bad_file_is_reported_and_the_run_goes_on(
     # pypdf's own array limit: the MSFT 10-Q exceeds it (ingest raises the limit, see the test below)
     monkeypatch.setattr("ingest.loading.PDF_MAX_ARRAY_ELEMENTS", 100_000)
     monkeypatch.setenv("INGEST_WORKERS", "0")  # the patch holds in this process only: parse here, not ahead
+    if case == "pypdf-limit":  # PDFium (the default parser) has no such limit and reads the file
+        monkeypatch.setenv("INGEST_PDF_PARSER", "pypdf")
     build, reason_pattern = BAD_FILES[case]
     bad = build(tmp_path)
     code = main([str(bad), str(cli_data.good), "--collection", COLLECTION, "--quiet"])
@@ -189,6 +191,25 @@ def test_bad_file_is_reported_and_the_run_goes_on(
     # the good file after the bad one was still looked at (and found unchanged)
     assert "files: 2 (0 indexed, 1 unchanged, 1 failed, 0 ignored)" in out
     assert_intact(reopened(), cli_data)
+
+
+@pytest.mark.slow
+def test_pdfium_and_pypdf_read_a_10q_alike() -> None:
+    """INGEST_PDF_PARSER=pdfium (default) vs pypdf on Apple's 10-Q: the same pages and, page by page, nearly the
+    same text (after the same table-header repairs), figures included."""
+    import difflib
+
+    from ingest.loading import load
+
+    pdfium, pypdf = load(AAPL_Q3, "pdfium"), load(AAPL_Q3, "pypdf")
+    assert [p.number for p in pdfium.pages] == [p.number for p in pypdf.pages]
+    assert (pdfium.doc_type, pdfium.extra) == (pypdf.doc_type, pypdf.extra)  # company, form, period...
+    for a, b in zip(pdfium.pages, pypdf.pages, strict=True):
+        words_a, words_b = a.text.split(), b.text.split()
+        assert difflib.SequenceMatcher(None, words_a, words_b, autojunk=False).ratio() > 0.9, a.number
+        assert "\r" not in a.text and "\x00" not in a.text
+    income = pdfium.pages[3].text
+    assert "Total net sales" in income and "81,797" in income
 
 
 @pytest.mark.slow

@@ -136,9 +136,9 @@ def test_another_model_gets_its_own_export(tmp_path: Path, onnx_cache: Path, mon
     exports: list[Path] = []
     real_export = embedding._export
 
-    def counted(model_dir: Path, out: Path) -> None:
+    def counted(model_dir: Path, out: Path, *, classifier: bool = False) -> None:
         exports.append(model_dir)
-        real_export(model_dir, out)
+        real_export(model_dir, out, classifier=classifier)
 
     monkeypatch.setattr(embedding, "_export", counted)
     e = OnnxEmbedder(str(other), cache_dir=onnx_cache)
@@ -152,3 +152,59 @@ def test_onnx_refuses_a_model_it_would_pool_wrongly(tmp_path: Path) -> None:
     with pytest.raises(ComponentUnavailable, match="EMBEDDING_BACKEND=torch"):
         OnnxEmbedder(str(cls_pooled), cache_dir=tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+# --- EMBEDDING_BACKEND=static: a Model2Vec distillation of the model, built once into the cache ------------------
+
+@pytest.fixture(scope="module")
+def static_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def static(static_cache: Path) -> Any:
+    settings = EmbeddingSettings(model=MODEL, backend="static", static_dims=64, _env_file=None)  # type: ignore[call-arg]
+    return make_embedder(settings, static_cache)
+
+
+@pytest.mark.slow
+def test_static_vectors_are_unit_length_in_order_and_named_apart(static: Any, embedder: SentenceTransformerEmbedder
+                                                                 ) -> None:
+    assert isinstance(static, Embedder) and static.dim == 64 and static.name == f"{MODEL}+static64"
+    vectors = static.embed_batch(MIXED)
+    assert len(vectors) == len(MIXED) and all(len(v) == 64 for v in vectors)
+    assert all(math.isclose(float(np.linalg.norm(v)), 1.0, abs_tol=1e-4) for v in vectors)
+    assert np.allclose([static.embed_batch([t])[0] for t in MIXED[:3]], vectors[:3], atol=1e-5)
+    assert static.embed_batch([]) == []
+    for text in MIXED:  # the chunker counts with the source model's tokenizer, whatever the backend
+        assert static.tokenize(text) == embedder.tokenize(text)
+
+
+@pytest.mark.slow
+def test_static_vectors_still_find_the_passage_a_question_is_about(static: Any) -> None:
+    passages = np.array(static.embed_batch(SENTENCES))
+    asked = {
+        "How much did iPhone sales fall?": 2,
+        "When is the yearly supervision fee due?": 4,
+        "Can confidential information be shared with a foreign regulator?": 1,
+        "How much cash and marketable securities did the company hold?": 5,
+    }
+    for question, expected in asked.items():
+        scores = passages @ np.array(static.embed_batch([question])[0])
+        assert int(np.argmax(scores)) == expected, question
+
+
+@pytest.mark.slow
+def test_static_model_is_distilled_once_and_reused(static: Any, static_cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    built = list(static_cache.glob("static/*-64/model.safetensors"))
+    assert len(built) == 1 and not list(static_cache.glob("static/.building-*"))
+    import model2vec.distill
+
+    def no_distil(**_: Any) -> Any:
+        raise AssertionError("distilled again")
+
+    monkeypatch.setattr(model2vec.distill, "distill", no_distil)
+    settings = EmbeddingSettings(model=MODEL, backend="static", static_dims=64, _env_file=None)  # type: ignore[call-arg]
+    again = make_embedder(settings, static_cache)
+    assert np.allclose(again.embed_batch(SENTENCES[:2]), static.embed_batch(SENTENCES[:2]), atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 
 from assistant.chunks import Chunk, ScoredChunk, passage_text
 from assistant.errors import ComponentUnavailable
-from assistant.rerank import MANIFEST, CrossEncoderReranker, rerank
+from assistant.rerank import MANIFEST, CrossEncoderReranker, OnnxCrossEncoder, rerank
 from eval.questions import Evidence, Question
 from eval.rerank_train import TrainConfig, groups, split_of, train
 
@@ -131,9 +131,17 @@ def test_training_teaches_the_cross_encoder_to_rank_the_right_rule_first(tmp_pat
         scores = reranker.scores(qs[2], list(RULES.values()))
         right += max(range(len(scores)), key=lambda i: scores[i]) == list(RULES).index(key)
     assert right >= 3, f"held-out questions ranked right: {right}/6 (chance: 1/6)"
-    # RERANK_INT8: the same model with int8 Linear layers scores (nearly) alike
+    # RERANK_BACKEND=torch-int8 / onnx / onnx-int8: the same model scores alike (onnx: the same scores)
     quantised = CrossEncoderReranker(out, threads=2, int8=True)
-    assert quantised.name == "t+int8"
+    onnx = OnnxCrossEncoder(out, cache_dir=tmp_path / "onnx", threads=2)
+    onnx_int8 = OnnxCrossEncoder(out, cache_dir=tmp_path / "onnx", threads=2, int8=True)
+    assert (quantised.name, onnx.name, onnx_int8.name) == ("t+int8", "t", "t+onnx-int8")
+    assert onnx.max_length == 48
+    assert len(list((tmp_path / "onnx").glob("*-logits/model*.onnx"))) == 2  # fp32 and int8, cached
     fp32 = [x for qs in QUESTIONS.values() for x in reranker.scores(qs[2], list(RULES.values()))]
-    int8 = [x for qs in QUESTIONS.values() for x in quantised.scores(qs[2], list(RULES.values()))]
-    assert np.corrcoef(fp32, int8)[0, 1] > 0.95
+    for other, least in ((quantised, 0.95), (onnx, 0.9999), (onnx_int8, 0.95)):
+        scores = [x for qs in QUESTIONS.values() for x in other.scores(qs[2], list(RULES.values()))]
+        assert np.corrcoef(fp32, scores)[0, 1] > least, other.name
+    question = next(iter(QUESTIONS.values()))[2]
+    assert np.allclose(onnx.scores(question, list(RULES.values())), reranker.scores(question, list(RULES.values())),
+                       atol=1e-3)

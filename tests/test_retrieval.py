@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from conftest import SAMPLE_COLLECTION, SampleIndex
 
 from assistant.chunks import Chunk, passage_text
 from assistant.edge_store import EdgeStore
+from assistant.retrieval import QueryBatcher, QueryVectors
 from assistant.sparse import BM25Encoder
 from assistant.store import QdrantStore
 from ingest.copy_index import main as copy_main
@@ -156,3 +160,54 @@ def test_query_vectors_remember_questions_per_embedder() -> None:
     off = QueryVectors(size=0)
     off.vector(a, "x"), off.vector(a, "x")
     assert a.calls == 5
+
+
+# --- RETRIEVAL_QUERY_BATCHING: questions asked together are embedded together --------------------------------
+
+class _SlowEmbedder:
+    """Each text's vector is [len(text), batch size]; every call takes 50 ms; 'boom' fails its batch."""
+
+    name = "slow"
+    dim = 2
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        time.sleep(0.05)
+        if "boom" in texts:
+            raise RuntimeError("embedder failed")
+        return [[float(len(t)), float(len(texts))] for t in texts]
+
+
+def test_questions_asked_together_are_embedded_in_one_batch_each_getting_its_own_vector() -> None:
+    embedder, batcher = _SlowEmbedder(), QueryBatcher(max_batch=32)
+    assert batcher.vector(embedder, "lone") == [4.0, 1.0]  # alone: a batch of one, no waiting for company
+    questions = ["q" * n for n in range(1, 25)]
+    with ThreadPoolExecutor(24) as pool:
+        vectors = list(pool.map(lambda q: batcher.vector(embedder, q), questions))
+    assert [v[0] for v in vectors] == [float(len(q)) for q in questions]
+    assert sorted(q for call in embedder.calls[1:] for q in call) == sorted(questions)
+    assert len(embedder.calls) - 1 < len(questions) / 3  # 24 questions in a handful of forward passes
+    assert max(len(call) for call in embedder.calls) > 4
+
+
+def test_a_failed_batch_fails_its_callers_and_the_next_batch_works() -> None:
+    embedder, batcher = _SlowEmbedder(), QueryBatcher()
+    with ThreadPoolExecutor(3) as pool:
+        slow = pool.submit(batcher.vector, embedder, "first")  # busy, so the next two queue up together
+        time.sleep(0.01)
+        failed = [pool.submit(batcher.vector, embedder, q) for q in ("boom", "bystander")]
+        assert slow.result() == [5.0, 1.0]
+        for future in failed:
+            with pytest.raises(RuntimeError, match="embedder failed"):
+                future.result()
+    assert batcher.vector(embedder, "after") == [5.0, 1.0]
+
+
+def test_query_vectors_use_the_batcher_for_misses_only() -> None:
+    embedder, batcher = _SlowEmbedder(), QueryBatcher()
+    vectors = QueryVectors(8, batcher)
+    assert vectors.vector(embedder, "what  is a fee?") == vectors.vector(embedder, "what is a fee?")
+    assert (vectors.hits, vectors.misses, batcher.questions) == (1, 1, 1)

@@ -65,3 +65,54 @@ def test_production_refuses_sqlite_beyond_loopback(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with pytest.raises(SystemExit, match="DATABASE_URL"):
         Settings.load()
+
+
+def test_distributed_mode_settings_reach_the_store_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant-0:6333")
+    monkeypatch.setenv("QDRANT_SHARDS", "6")
+    monkeypatch.setenv("QDRANT_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("QDRANT_WRITE_CONSISTENCY", "2")
+    monkeypatch.setenv("QDRANT_WRITE_ORDERING", "strong")
+    s = Settings.load().store
+    assert (s.shards, s.replication_factor, s.write_consistency, s.write_ordering) == (6, 3, 2, "strong")
+
+
+def test_distributed_mode_defaults_leave_the_layout_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("QDRANT_URL", "QDRANT_SHARDS", "QDRANT_REPLICATION_FACTOR", "QDRANT_WRITE_CONSISTENCY",
+                "QDRANT_WRITE_ORDERING"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings(_env_file=None).store  # type: ignore[call-arg]
+    assert (s.shards, s.replication_factor, s.write_consistency, s.write_ordering) == (None, None, None, "medium")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"QDRANT_SHARDS": "0"}, r"QDRANT_SHARDS: Input should be greater than or equal to 1"),
+    ({"QDRANT_REPLICATION_FACTOR": "0"}, r"QDRANT_REPLICATION_FACTOR: Input should be greater than or equal to 1"),
+    ({"QDRANT_WRITE_CONSISTENCY": "0"}, r"QDRANT_WRITE_CONSISTENCY: Input should be greater than or equal to 1"),
+    ({"QDRANT_REPLICATION_FACTOR": "2", "QDRANT_WRITE_CONSISTENCY": "3"},
+     r"QDRANT_WRITE_CONSISTENCY=3 needs at least as many replicas: set QDRANT_REPLICATION_FACTOR to 3 or more "
+     r"\(now 2\)"),
+    ({"QDRANT_WRITE_CONSISTENCY": "2"}, r"set QDRANT_REPLICATION_FACTOR to 2 or more \(now unset, i.e. 1\)"),
+    ({"QDRANT_WRITE_ORDERING": "fast"}, r"QDRANT_WRITE_ORDERING: Input should be 'weak', 'medium' or 'strong'"),
+    ({"QDRANT_TIMEOUT_S": "0"}, r"QDRANT_TIMEOUT_S: Input should be greater than 0"),
+])
+def test_distributed_mode_settings_are_checked(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                               message: str) -> None:
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant-0:6333")
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit, match=message):
+        Settings.load()
+
+
+def test_distributed_mode_settings_need_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("QDRANT_SHARDS", "2")
+    monkeypatch.setenv("QDRANT_REPLICATION_FACTOR", "2")
+    with pytest.raises(SystemExit, match=r"QDRANT_SHARDS, QDRANT_REPLICATION_FACTOR: only a Qdrant server lays out "
+                                         r"collections .* set QDRANT_URL, or unset them"):
+        Settings.load()
+    monkeypatch.delenv("QDRANT_SHARDS")
+    monkeypatch.delenv("QDRANT_REPLICATION_FACTOR")
+    monkeypatch.setenv("QDRANT_WRITE_ORDERING", "strong")  # no layout: harmless without a server
+    assert Settings.load().store.write_ordering == "strong"

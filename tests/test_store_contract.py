@@ -3,9 +3,10 @@
 - `edge`: `EdgeStore.open(tmp dir)` (Qdrant Edge), what the assistant uses by default.
 - `embedded-path`: `QdrantStore.embedded_at(tmp dir)` (qdrant-client local mode, QDRANT_ENGINE=local).
 - `embedded-memory`: `QdrantStore(QdrantClient(":memory:"), embedded=True)`.
-- `server`: a real Qdrant server joins the parametrisation when FINRAG_TEST_QDRANT_URL is set (for example the
-  compose `qdrant` service, the same URL as QDRANT_URL); each test then works in its own collections and drops
-  them afterwards.
+- `server`: `QdrantStore.server(url)`, qdrant-client's remote mode over real HTTP, against `FakeQdrant`
+  (tests/fake_qdrant.py: Qdrant's REST API over a local-mode engine), or against a real Qdrant server when
+  FINRAG_TEST_QDRANT_URL is set (for example the compose `qdrant` service, the same URL as QDRANT_URL); each
+  test then works in its own collections and drops them afterwards.
 
 Vectors are small hand-made ones so cosine scores are known exactly.
 """
@@ -21,16 +22,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_qdrant import FakeQdrant
 from qdrant_client import QdrantClient
 
 from assistant.chunks import Chunk
 from assistant.edge_store import EdgeStore
 from assistant.errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
+from assistant.sparse import SparseVector
 from assistant.store import QdrantStore, VectorStore
 
-SERVER_URL = os.environ.get("FINRAG_TEST_QDRANT_URL")
-BACKENDS = ["edge", "embedded-path", "embedded-memory", *(["server"] if SERVER_URL else [])]
+REAL_SERVER_URL = os.environ.get("FINRAG_TEST_QDRANT_URL")
+BACKENDS = ["edge", "embedded-path", "embedded-memory", "server"]
 DIM = 4
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """A real Qdrant server's URL (FINRAG_TEST_QDRANT_URL), else a FakeQdrant's for this module."""
+    if REAL_SERVER_URL:
+        yield REAL_SERVER_URL
+        return
+    with FakeQdrant() as fake:
+        yield fake.url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -43,15 +56,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStor
     elif request.param == "embedded-memory":
         backend = QdrantStore(QdrantClient(":memory:"), embedded=True)
     else:
-        assert SERVER_URL
-        backend = QdrantStore.server(SERVER_URL, timeout_s=10)
+        url = request.getfixturevalue("server_url")
+        backend = QdrantStore.server(url, timeout_s=10)
     before = set(backend.collections())
     yield backend
-    if not getattr(backend, "embedded", True):  # a shared server: drop what this test created
-        admin = QdrantClient(url=SERVER_URL)
+    if isinstance(backend, QdrantStore) and not backend.embedded:  # a shared server: drop what this test made
         for name in set(backend.collections()) - before:
-            admin.delete_collection(name)
-        admin.close()
+            backend.drop_collection(name)
     backend.close()
 
 
@@ -200,10 +211,33 @@ def test_scroll_every_chunk_or_one_documents(store: VectorStore, name: str) -> N
 
 
 def test_unknown_collection(store: VectorStore, name: str) -> None:
-    with pytest.raises(UnknownCollection, match=rf"collection '{name}' does not exist; ingest .* --collection {name}"):
+    unknown = rf"collection '{name}' does not exist; ingest .* --collection {name}"
+    with pytest.raises(UnknownCollection, match=unknown):
         store.search(name, QUERY, limit=3)
+    with pytest.raises(UnknownCollection, match=unknown):
+        store.search(name, None, limit=3, sparse=SparseVector([7], [1.0]))
+    with pytest.raises(UnknownCollection, match=unknown):
+        list(store.scroll_chunks(name))
+    with pytest.raises(UnknownCollection, match=unknown):
+        store.get_chunks(name, [str(uuid.uuid4())])
     store.delete_document(name, "aapl")  # nothing to delete is not an error
     assert name not in store.collections()
+
+
+def test_get_chunks_leaves_out_missing_ids_and_refuses_what_is_no_point_id(store: VectorStore, name: str) -> None:
+    chunks = fill(store, name)
+    wanted = [chunks["close"].id, str(uuid.uuid4()), chunks["opposite"].id]
+    assert store.get_chunks(name, wanted) == {chunks["close"].id: chunks["close"],
+                                              chunks["opposite"].id: chunks["opposite"]}
+    assert store.get_chunks(name, []) == {}
+    with pytest.raises(ValueError, match="not-a-uuid"):
+        store.get_chunks(name, ["not-a-uuid"])
+
+
+def test_no_results_asked_for_is_none_found(store: VectorStore, name: str) -> None:
+    fill(store, name)
+    assert store.search(name, QUERY, limit=0) == []
+    assert store.search(name, QUERY, limit=0, sparse=SparseVector([7], [1.0])) == []
 
 
 # --- embedded only: one process owns an index directory -------------------------------------------------------
@@ -259,8 +293,6 @@ def test_payload_round_trips_through_every_field(store: VectorStore, name: str) 
 
 
 def test_bm25_alone_ranks_by_sparse_score_and_honours_filters(store: VectorStore, name: str) -> None:
-    from assistant.sparse import SparseVector
-
     chunks = fill(store, name)
     keys = list(chunks)
     # term 7 only in "apart" (twice as strong) and "opposite"; term 9 in "close": dense order plays no part
