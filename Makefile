@@ -80,7 +80,11 @@ $(VENV)/.bench: pyproject.toml | $(VENV)/.installed
 SHARED ?= ../shared/corpora
 bench: install $(VENV)/.bench  ## speed and memory → bench/results/ (needs ../shared; about an hour on 2 cores)
 	$(BIN)/python bench/ingest_bench.py --corpus sec10q=$(SHARED)/sec-10q/documents \
-	  --corpus adgm=$(SHARED)/adgm/documents --questions sec10q=$(SHARED)/sec-10q/questions.jsonl
+	  --corpus adgm=$(SHARED)/adgm/documents --questions sec10q=$(SHARED)/sec-10q/questions.jsonl \
+	  --variant onnx-int8:EMBEDDING_BACKEND=onnx-int8 --variant static:EMBEDDING_BACKEND=static
+	for backend in torch onnx onnx-int8; do \
+	  QDRANT_PATH=data/eval/adgm/index RERANK_BACKEND=$$backend $(BIN)/python bench/retrieval_bench.py \
+	    $(SHARED)/adgm/obliqa_dev.jsonl --collection adgm --depths 0,10 --queries 100 --warmup 5; done
 	$(BIN)/python bench/store_bench.py --points 10000 100000 1000000 --backends edge --queries 200 \
 	  --out bench/results/store-scale
 	QDRANT_PATH=data/eval/adgm/index $(BIN)/python bench/load_bench.py $(SHARED)/adgm/obliqa_dev.jsonl \

@@ -25,7 +25,7 @@ from .memory import FeedbackMemory
 from .models import REGISTRY, require_model
 from .query import Facets, Inference, collection_facets
 from .records import AnswerLog
-from .rerank import Reranker, make_reranker
+from .rerank import Reranker, ScoreCache, make_reranker
 from .retrieval import QueryBatcher, QueryVectors, RetrievalMode, Retriever, Route
 from .rewriting import Rewriter
 from .settings import Settings
@@ -68,6 +68,7 @@ class Components:
         self._reranker: Reranker | None = None
         self._reranker_built = False
         self._facets: dict[str, tuple[int, Facets]] = {}
+        self.rerank_cache = ScoreCache(settings.rerank.cache)
         self.query_vectors = QueryVectors(settings.retrieval.query_cache,
                                           QueryBatcher() if settings.retrieval.query_batching else None)
         self._llms: dict[str, LLM] = {}  # per-request / per-collection generators, by spec
@@ -186,7 +187,7 @@ class Components:
                          reranker=reranker, rerank_depth=self.settings.rerank.candidates, fusion=fusion,
                          inference=Inference() if r.infer_filters else None, facets=self.facets,
                          memory=self.memory if memory is None or memory else None, route=self.route,
-                         query_vectors=self.query_vectors)
+                         query_vectors=self.query_vectors, rerank_cache=self.rerank_cache)
 
     def embedder_for(self, collection: str) -> Embedder:
         """The embedder of a collection's vectors: a promoted learned embedder once the collection has been

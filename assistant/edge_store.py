@@ -42,6 +42,7 @@ from .store import (
     build_filter,
     check_dimension,
     check_vectors,
+    dimension_mismatch,
 )
 
 log = logging.getLogger(__name__)
@@ -235,9 +236,15 @@ class EdgeStore:
                 query=qe.Fusion.Rrf(k=rrf.k, weights=[rrf.dense_weight, rrf.sparse_weight]),  # type: ignore[arg-type]
                 with_payload=True,
             )
+        try:
+            points = shard.query(request)
+        except Exception as exc:  # qdrant_edge raises plain Exceptions
+            if (mismatch := dimension_mismatch(collection, exc)) is not None:
+                raise mismatch from None
+            raise
         return [
             ScoredChunk(chunk=Chunk.from_payload(p.payload or {}), score=float(p.score), point_id=str(p.id))
-            for p in shard.query(request)
+            for p in points
         ]
 
     def scroll_chunks(

@@ -10,9 +10,12 @@ the same context the embedder sees, so a rule number or a filing's company and p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,40 @@ class Reranked:
     ms: float
 
 
-def rerank(reranker: Reranker, question: str, hits: Sequence[ScoredChunk], depth: int) -> Reranked:
+class ScoreCache:
+    """Cross-encoder scores remembered per (reranker, question, passage): a repeated question, or one whose
+    candidates overlap an earlier one's, skips the pairs already scored. LRU, bounded, safe across threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._scores: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def scores(self, reranker: Reranker, question: str, passages: Sequence[str]) -> list[float]:
+        q = " ".join(question.split())
+        keys = [(reranker.name, q, hashlib.sha256(p.encode()).hexdigest()) for p in passages]
+        with self._lock:
+            known = [self._scores.get(k) for k in keys]
+            for k, score in zip(keys, known, strict=True):
+                if score is not None:
+                    self._scores.move_to_end(k)
+        missing = [i for i, score in enumerate(known) if score is None]
+        fresh = reranker.scores(question, [passages[i] for i in missing]) if missing else []
+        with self._lock:
+            self.hits += len(passages) - len(missing)
+            self.misses += len(missing)
+            for i, score in zip(missing, fresh, strict=True):
+                known[i] = score
+                if self.size:
+                    self._scores[keys[i]] = score
+            while len(self._scores) > self.size:
+                self._scores.popitem(last=False)
+        return [float(score) for score in known if score is not None]
+
+
+def rerank(reranker: Reranker, question: str, hits: Sequence[ScoredChunk], depth: int,
+           cache: ScoreCache | None = None) -> Reranked:
     """Reorder the first `depth` hits by the reranker's score; the rest keep their order behind them.
 
     Reranked hits carry the cross-encoder's score (a logit), not the fusion score.
@@ -50,7 +86,8 @@ def rerank(reranker: Reranker, question: str, hits: Sequence[ScoredChunk], depth
     head, tail = list(hits[:depth]), list(hits[depth:])
     if len(head) < 2:
         return Reranked(list(hits), 0.0)
-    scores = reranker.scores(question, [passage_text(h.chunk) for h in head])
+    passages = [passage_text(h.chunk) for h in head]
+    scores = cache.scores(reranker, question, passages) if cache else reranker.scores(question, passages)
     blend = getattr(reranker, "blend", None)
     if blend is not None:  # a learned version: its logits blended with the fused order
         scores = blend_scores(scores, blend)
@@ -164,6 +201,9 @@ class OnnxCrossEncoder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting for the next run: spinning threads took the cores from torch's embedder between calls
+        # (question embedding 26 → 56 ms p50 beside an ONNX reranker, bench/results/retrieval.md)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         model = onnx_model(path, cache_dir, int8=int8, classifier=True)
         self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]

@@ -21,7 +21,7 @@ from .chunks import ScoredChunk
 from .embedding import Embedder, embed_one
 from .memory import FeedbackMemory, MemoryEffect
 from .query import Facets, Inference, combine, infer_filters
-from .rerank import Reranker, rerank
+from .rerank import Reranker, ScoreCache, rerank
 from .sparse import BM25Encoder
 from .store import Filters, Fusion, VectorStore
 
@@ -132,6 +132,7 @@ class Retriever:
     # embedder (its fusion weights were tuned with it)
     route: Callable[[str], Route] | None = None
     query_vectors: QueryVectors | None = None  # remembered question embeddings (None: embed every time)
+    rerank_cache: ScoreCache | None = None  # remembered cross-encoder scores (None: score every time)
 
     def __post_init__(self) -> None:
         if self.bm25_only and self.sparse is None:
@@ -172,7 +173,7 @@ class Retriever:
         searched = time.perf_counter()
         timings = {"embed": (embedded - started) * 1000, "search": (searched - embedded) * 1000}
         if self.reranker is not None:
-            reranked = rerank(self.reranker, question, hits, self.rerank_depth)
+            reranked = rerank(self.reranker, question, hits, self.rerank_depth, self.rerank_cache)
             hits, timings["rerank"] = reranked.hits, reranked.ms
         effects: list[MemoryEffect] = []
         if self.memory is not None:

@@ -239,6 +239,11 @@ class RerankSettings(_Section):
         description="Tokens of question + passage it reads (default: what the model was trained with).",
     )
     threads: int = Field(default=2, ge=1, description="CPU threads for reranking.")
+    cache: int = Field(
+        default=8192, ge=0,
+        description="Cross-encoder scores remembered per (question, passage), LRU: a repeated question is not "
+        "scored again (0: off).",
+    )
     backend: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
         default="torch",
         description="How the cross-encoder runs: 'torch' (sentence-transformers), 'torch-int8' (Linear layers "

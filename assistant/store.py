@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from .chunks import FILTERABLE_FIELDS, INTEGER_FIELDS, Chunk, ScoredChunk
 from .errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
@@ -122,6 +123,29 @@ def check_vectors(chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
         raise ValueError("one vector per chunk")
 
 
+# Qdrant (server and Edge): "Vector dimension error: expected dim: 384, got 256"; qdrant-client's local mode lets
+# numpy say it: "shapes (5,384) and (256,) not aligned: 384 (dim 1) != 256 (dim 0)".
+_DIMENSION_ERROR = re.compile(r"[Vv]ector dimension error: expected dim: (\d+), got (\d+)|"
+                              r"not aligned: (\d+) \(dim 1\) != (\d+) \(dim 0\)")
+
+
+def dimension_mismatch(collection: str, error: Exception) -> ComponentUnavailable | None:
+    """A search whose question vector has another size than the collection's (the embedder changed since it was
+    indexed, e.g. EMBEDDING_BACKEND=static over a MiniLM index), as Qdrant Edge and servers report it."""
+    text = str(error)
+    if isinstance(error, UnexpectedResponse) and error.content:
+        text += error.content.decode("utf-8", "replace")
+    found = _DIMENSION_ERROR.search(text)
+    if not found:
+        return None
+    size, dim = (found[1], found[2]) if found[1] else (found[3], found[4])
+    try:
+        check_dimension(collection, int(size), int(dim))
+    except ComponentUnavailable as exc:
+        return exc
+    return None
+
+
 def check_dimension(collection: str, size: int, dim: int) -> None:
     """Every store's ensure_collection: an existing collection must hold vectors of the embedder's size."""
     if size != dim:
@@ -206,7 +230,7 @@ class QdrantStore:
                distribution: Distribution | None = None) -> QdrantStore:
         """A Qdrant server (or cluster node) over HTTP at `url`."""
         client = QdrantClient(url=url, api_key=api_key, timeout=max(1, math.ceil(timeout_s)), prefer_grpc=False)
-        return cls(client, embedded=False, distribution=distribution)
+        return cls(_Reachable(client, url), embedded=False, distribution=distribution)  # type: ignore[arg-type]
 
     def ensure_collection(self, collection: str, dim: int) -> None:
         if self._client.collection_exists(collection):
@@ -387,6 +411,36 @@ def _unknown(collection: str) -> UnknownCollection:
     )
 
 
+class _Reachable:
+    """A server's client whose outages are ComponentUnavailable (503 with the reason): refused connections and
+    timeouts, and 5xx answers (a node restarting, a cluster without a leader). Every call is tried afresh, so the
+    API recovers by itself when the server is back."""
+
+    def __init__(self, client: QdrantClient, url: str) -> None:
+        self._client = client
+        self._url = url
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except ResponseHandlingException as exc:
+                raise ComponentUnavailable(f"the Qdrant server at {self._url} cannot be reached: {exc}") from exc
+            except UnexpectedResponse as exc:
+                if exc.status_code is not None and exc.status_code >= 500:
+                    detail = exc.content.decode("utf-8", "replace")[:200] if exc.content else exc.reason_phrase
+                    raise ComponentUnavailable(
+                        f"the Qdrant server at {self._url} answered {exc.status_code}: {detail}"
+                    ) from exc
+                raise
+
+        return call
+
+
 @contextmanager
 def _collection_of(collection: str) -> Iterator[None]:
     """A missing collection, as local mode (ValueError) and a server (404) report it, is UnknownCollection."""
@@ -395,10 +449,14 @@ def _collection_of(collection: str) -> Iterator[None]:
     except UnexpectedResponse as exc:
         if exc.status_code == 404:
             raise _unknown(collection) from None
+        if (mismatch := dimension_mismatch(collection, exc)) is not None:
+            raise mismatch from None
         raise
     except ValueError as exc:
         if str(exc) == f"Collection {collection} not found":
             raise _unknown(collection) from None
+        if (mismatch := dimension_mismatch(collection, exc)) is not None:
+            raise mismatch from None
         raise
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from assistant.chunks import passage_text
 from assistant.components import Components
-from assistant.db import documents
+from assistant.db import checked_collection, documents, storable
 from assistant.embedding import embedder_name
 
 from .loading import SUPPORTED, LoadedDocument, LoadError, PdfParser, load
@@ -203,6 +203,7 @@ class Ingestor:
         """Ingest files and folders. With INGEST_WORKERS > 0, files are parsed ahead in that many worker
         processes while this one embeds and indexes the files parsed before (in the order given)."""
         started = time.perf_counter()
+        checked_collection(collection)
         report = IngestReport()
         files = discover(paths, report)
         report.files = len(files) + sum(1 for p, _ in report.failed)
@@ -299,7 +300,8 @@ class Ingestor:
                 self._progress(path, "embedding", start + len(part), len(chunks))
         self.store.delete_document(plan.physical, plan.doc_id, keep_file_hash=plan.file_hash)
         record = {
-            "collection": plan.collection, "path": str(path.resolve()), "source": doc.source, "title": doc.title,
+            "collection": plan.collection, "path": storable(str(path.resolve())), "source": storable(doc.source),
+            "title": storable(doc.title) if doc.title else doc.title,
             "doc_type": doc.doc_type, "file_hash": plan.file_hash, "size_bytes": path.stat().st_size,
             "pages": doc.page_count, "chunks": len(chunks), "indexed_at": datetime.now(UTC),
             "pipeline": self.pipeline(path),

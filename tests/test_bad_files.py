@@ -281,3 +281,10 @@ def test_unsupported_file_inside_a_folder_is_ignored_not_failed(
     assert "files: 1 (0 indexed, 1 unchanged, 0 failed, 1 ignored)" in out
     assert "FAILED" not in out
     assert_intact(reopened(), cli_data)
+
+
+def test_a_collection_name_longer_than_the_registry_holds_is_refused(cli_data: GoodIndex,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([str(cli_data.good), "--collection", "c" * 129, "--quiet"])
+    assert code == 3
+    assert "collection names have at most 128" in capsys.readouterr().err

@@ -19,12 +19,13 @@ import pytest
 from conftest import make_settings
 from fake_qdrant import FakeQdrant, distribution
 from fastapi.testclient import TestClient
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from assistant.app import create_app
 from assistant.chunks import FILTERABLE_FIELDS, Chunk
 from assistant.components import Components
 from assistant.embedding import SentenceTransformerEmbedder
+from assistant.errors import ComponentUnavailable
 from assistant.settings import Settings, StoreSettings
 from assistant.sparse import SparseVector
 from assistant.store import QdrantStore
@@ -195,15 +196,39 @@ def test_the_fake_goes_down_and_comes_back_with_its_data(qdrant: FakeQdrant) -> 
     store.upsert("kept", chunks("a", 3), vectors(3))
 
     qdrant.fail_with((503, "Service Unavailable: the node is restarting"))
-    with pytest.raises(UnexpectedResponse) as exc:
+    with pytest.raises(ComponentUnavailable, match=r"answered 503: .*the node is restarting"):
         store.count("kept")
-    assert exc.value.status_code == 503 and b"the node is restarting" in exc.value.content
     qdrant.fail_with(None)
 
     url = qdrant.url
     qdrant.stop()
-    with pytest.raises(ResponseHandlingException, match="Connection refused"):
+    with pytest.raises(ComponentUnavailable, match=f"Qdrant server at {url} cannot be reached: .*Connection refused"):
         store.count("kept")
     qdrant.start()
     assert qdrant.url == url and store.count("kept") == 3
     store.close()
+
+
+def test_the_api_answers_503_with_the_reason_while_qdrant_is_down_and_recovers(qdrant: FakeQdrant, tmp_path: Path,
+                                                                                embedder: SentenceTransformerEmbedder
+                                                                                ) -> None:
+    components = Components(make_settings(tmp_path / "data", store=StoreSettings(url=qdrant.url, timeout_s=2,
+                                                                                 _env_file=None)),  # type: ignore[call-arg]
+                            embedder=embedder)
+    components.store.ensure_collection("kept", embedder.dim)
+    chunk = chunks("a", 1)[0]
+    components.store.upsert("kept", [chunk], [embedder.embed_batch([chunk.text])[0]])
+    body = {"question": "What does the rule say?", "collection": "kept"}
+    with TestClient(create_app(components.settings, components, preload=False)) as client:
+        assert client.post("/v1/retrieve", json=body).status_code == 200
+        qdrant.fail_with((503, "Service Unavailable: no leader"))
+        down = client.post("/v1/retrieve", json=body)
+        assert down.status_code == 503, down.text
+        assert down.json()["error"] == "unavailable" and "no leader" in down.json()["detail"]
+        qdrant.fail_with(None)
+        qdrant.stop()
+        refused = client.post("/v1/retrieve", json=body)
+        assert refused.status_code == 503 and "cannot be reached" in refused.json()["detail"]
+        qdrant.start()
+        assert client.post("/v1/retrieve", json=body).status_code == 200  # back by itself
+    components.close()

@@ -13,7 +13,7 @@ import pytest
 
 from assistant.chunks import Chunk, ScoredChunk, passage_text
 from assistant.errors import ComponentUnavailable
-from assistant.rerank import MANIFEST, CrossEncoderReranker, OnnxCrossEncoder, rerank
+from assistant.rerank import MANIFEST, CrossEncoderReranker, OnnxCrossEncoder, ScoreCache, rerank
 from eval.questions import Evidence, Question
 from eval.rerank_train import TrainConfig, groups, split_of, train
 
@@ -50,6 +50,23 @@ def test_rerank_of_fewer_than_two_hits_is_a_no_op() -> None:
     scorer = ByLength()
     assert rerank(scorer, "q", [hit("a", 0)], depth=10).hits[0].point_id == "0"
     assert scorer.calls == []
+
+
+def test_score_cache_scores_each_question_passage_pair_once() -> None:
+    hits = [hit("a", 0), hit("ccc", 1), hit("bb", 2), hit("dddd", 3)]
+    scorer, cache = ByLength(), ScoreCache(size=100)
+    first = rerank(scorer, "What is the fee?", hits, depth=3, cache=cache)
+    again = rerank(scorer, " What is  the fee?", hits, depth=3, cache=cache)  # the same question, spaced otherwise
+    assert [h.point_id for h in again.hits] == [h.point_id for h in first.hits] == ["1", "2", "0", "3"]
+    assert [h.score for h in again.hits] == [h.score for h in first.hits]
+    assert len(scorer.calls) == 1 and (cache.hits, cache.misses) == (3, 3)
+    rerank(scorer, "What is the fee?", hits[1:], depth=3, cache=cache)  # overlapping candidates: one new pair
+    assert scorer.calls[-1] == [passage_text(hits[3].chunk)]
+    rerank(scorer, "Another question?", hits, depth=3, cache=cache)
+    assert len(scorer.calls[-1]) == 3
+    small = ScoreCache(size=2)
+    rerank(scorer, "q", hits, depth=4, cache=small)
+    assert len(small._scores) == 2  # bounded
 
 
 def question(qid: str, source: str, section: str, text: str = "") -> Question:

@@ -123,6 +123,13 @@ def test_search_orders_by_cosine_and_returns_the_chunk_whole(store: VectorStore,
     assert [h.chunk for h in store.search(name, QUERY, limit=2)] == [chunks["same"], chunks["close"]]
 
 
+def test_a_question_vector_of_another_size_is_a_clear_error(store: VectorStore, name: str) -> None:
+    """The embedder changed since the collection was indexed (EMBEDDING_BACKEND=static over a MiniLM index)."""
+    fill(store, name)
+    with pytest.raises(ComponentUnavailable, match=f"holds {DIM}-d vectors but the embedder makes 6-d ones"):
+        store.search(name, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0], limit=3)
+
+
 def test_ensure_collection_is_idempotent_and_refuses_another_dimension(store: VectorStore, name: str) -> None:
     fill(store, name)
     store.ensure_collection(name, DIM)
