@@ -143,8 +143,7 @@ class SentenceTransformerEmbedder:
         return len(self.tokenize(text))
 
     def tokenize(self, text: str) -> list[int]:
-        ids: list[int] = self._model.tokenizer.encode(text, add_special_tokens=False, verbose=False)
-        return ids
+        return encode(self._model.tokenizer, text)
 
 
 def quantize_linear_layers(module: Any) -> None:
@@ -169,26 +168,13 @@ class OnnxEmbedder:
     def __init__(self, model: str, *, cache_dir: Path, int8: bool = False, batch_size: int = 32, threads: int = 2,
                  name: str | None = None) -> None:
         _offline()
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
         path = resolve_model_dir(model)
         self.dim, self.max_tokens, self._lowercase = _mean_pooling_layout(path)
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ComponentUnavailable(f"cannot load the tokenizer of embedding model {path}: {exc}") from exc
+        self._tokenizer = load_tokenizer(path)
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
         self._tokenizing = threading.Lock()  # a fast tokenizer's truncation is state: concurrent calls fail
         onnx_path = onnx_model(path, Path(cache_dir), int8=int8)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting for the next run: spinning threads took the cores from torch's embedder between calls
-        # (question embedding 26 → 56 ms p50 beside an ONNX reranker, bench/results/retrieval.md)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(onnx_path, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
         self.name = name or model
         self.batch_size = batch_size
@@ -229,8 +215,7 @@ class OnnxEmbedder:
 
     def tokenize(self, text: str) -> list[int]:
         with self._tokenizing:
-            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False, verbose=False)
-        return ids
+            return encode(self._tokenizer, text)
 
 
 class StaticEmbedder:
@@ -241,15 +226,11 @@ class StaticEmbedder:
     def __init__(self, model: str, *, cache_dir: Path, dims: int = 256, name: str | None = None) -> None:
         _offline()
         from model2vec import StaticModel
-        from transformers import AutoTokenizer
 
         path = resolve_model_dir(model)
         folder = static_model(path, Path(cache_dir), dims=dims)
         self._model = StaticModel.from_pretrained(str(folder), normalize=True)
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ComponentUnavailable(f"cannot load the tokenizer of embedding model {path}: {exc}") from exc
+        self._tokenizer = load_tokenizer(path)
         self._tokenizing = threading.Lock()
         self.dim = int(self._model.dim)
         self.max_tokens = _mean_pooling_layout(path)[1]
@@ -268,8 +249,7 @@ class StaticEmbedder:
 
     def tokenize(self, text: str) -> list[int]:
         with self._tokenizing:
-            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False, verbose=False)
-        return ids
+            return encode(self._tokenizer, text)
 
 
 def static_model(model_dir: Path, cache_dir: Path, *, dims: int) -> Path:
@@ -302,6 +282,36 @@ def static_model(model_dir: Path, cache_dir: Path, *, dims: int) -> Path:
         os.replace(out, folder)
     log.info("distilled a static embedding of %s into %s in %.1f s", model_dir, folder, time.perf_counter() - started)
     return folder
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The model folder's own (fast) tokenizer, from disk only."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ComponentUnavailable(f"cannot load the tokenizer of model {path}: {exc}") from exc
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` without special tokens, as the chunker counts them."""
+    ids: list[int] = tokenizer.encode(text, add_special_tokens=False, verbose=False)
+    return ids
+
+
+def onnx_session(model: Path, threads: int) -> Any:
+    """An onnxruntime CPU session of `threads` intra-op threads, every graph optimisation on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting for the next run: spinning threads took the cores from torch's embedder between calls
+    # (question embedding 26 → 56 ms p50 beside an ONNX reranker, bench/results/retrieval.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def _mean_pooling_layout(path: Path) -> tuple[int, int, bool]:

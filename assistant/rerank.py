@@ -186,26 +186,15 @@ class OnnxCrossEncoder:
         _require_model(path)
         import threading
 
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        from .embedding import onnx_model
+        from .embedding import load_tokenizer, onnx_model, onnx_session
 
         self.path = path
         self.manifest = read_manifest(path)
         trained = self.manifest.get("config", {}).get("max_length")
         self.max_length = max_length or (int(trained) if trained else 256)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self._tokenizer = load_tokenizer(path)
         self._tokenizing = threading.Lock()  # a fast tokenizer's truncation is state: concurrent calls fail
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting for the next run: spinning threads took the cores from torch's embedder between calls
-        # (question embedding 26 → 56 ms p50 beside an ONNX reranker, bench/results/retrieval.md)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        model = onnx_model(path, cache_dir, int8=int8, classifier=True)
-        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(onnx_model(path, cache_dir, int8=int8, classifier=True), threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
         self.batch_size = batch_size
         self.name = (name or str(self.manifest.get("name") or path.name)) + ("+onnx-int8" if int8 else "")

@@ -139,20 +139,20 @@ def dimension_mismatch(collection: str, error: Exception) -> ComponentUnavailabl
     if not found:
         return None
     size, dim = (found[1], found[2]) if found[1] else (found[3], found[4])
-    try:
-        check_dimension(collection, int(size), int(dim))
-    except ComponentUnavailable as exc:
-        return exc
-    return None
+    return _other_size(collection, int(size), int(dim))
 
 
 def check_dimension(collection: str, size: int, dim: int) -> None:
     """Every store's ensure_collection: an existing collection must hold vectors of the embedder's size."""
     if size != dim:
-        raise ComponentUnavailable(
-            f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
-            "re-ingest into a new collection (--collection) or switch the embedder back"
-        )
+        raise _other_size(collection, size, dim)
+
+
+def _other_size(collection: str, size: int, dim: int) -> ComponentUnavailable:
+    return ComponentUnavailable(
+        f"collection {collection!r} holds {size}-d vectors but the embedder makes {dim}-d ones; "
+        "re-ingest into a new collection (--collection) or switch the embedder back"
+    )
 
 
 def _payload_schema(key: str) -> models.PayloadSchemaType:
