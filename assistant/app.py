@@ -17,12 +17,18 @@ from starlette.concurrency import run_in_threadpool
 from . import __version__
 from .admin_api import router as admin_router
 from .api import router
+from .auth import AuthMiddleware, document_security
+from .auth import router as auth_router
+from .body_limit import BodyLimit
 from .components import Components
 from .conversations_api import router as conversations_router
 from .documents_api import router as documents_router
 from .errors import FinragError
+from .keys import ApiKeys
 from .openai_api import router as openai_router
+from .ratelimit import retry_after_headers
 from .reports_api import router as reports_router
+from .schemas import ERROR_RESPONSES
 from .settings import Settings
 from .web import mount_web
 
@@ -47,9 +53,15 @@ def create_app(settings: Settings | None = None, components: Components | None =
         title="finrag", version=__version__, lifespan=lifespan,
         description="Answers questions about financial filings and regulations from indexed documents, "
         "citing pages and rules; records answers and thumbs-up/down feedback.",
+        responses=ERROR_RESPONSES,  # the error shape of the handlers below
     )
     app.state.components = components
     app.state.settings = settings
+    app.state.api_keys = lambda: ApiKeys(components.engine)
+    app.add_middleware(AuthMiddleware, settings=settings.auth, keys=app.state.api_keys)  # keys, tenants, limits
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024,  # uploads check their own size
+                       exempt={("POST", "/v1/documents")})
+    app.include_router(auth_router)  # /login, /logout
     app.include_router(router)
     app.include_router(conversations_router)
     app.include_router(admin_router)
@@ -57,12 +69,14 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.include_router(reports_router)
     app.include_router(openai_router)  # its errors take OpenAI's shape
     mount_web(app)  # the web UI: /, /evaluation, /ingest and /static
+    document_security(app)
 
     @app.exception_handler(FinragError)
     async def finrag_error(_request: Request, exc: FinragError) -> JSONResponse:
         if exc.status_code >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status_code)
+        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status_code,
+                            headers=dict(retry_after_headers(exc)))  # Retry-After on a 429
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,9 +11,14 @@ from typing import Any
 # form, period (as printed), fiscal_year, fiscal_quarter ("Q3"), quarters (every "YYYY-Qn" a filing's quarter
 # is known by), family (rulebooks: "COBS" ...).
 FILTERABLE_FIELDS = ("source", "doc_id", "doc_type", "doc_kind", "company", "ticker", "form", "period", "fiscal_year",
-                     "fiscal_quarter", "quarters", "family", "section", "title")
+                     "fiscal_quarter", "quarters", "family", "section", "title", "tenant")
 # Filterable fields whose values are integers (indexed as such); the others are keywords.
 INTEGER_FIELDS = frozenset({"fiscal_year"})
+
+# Every chunk names the tenant that owns its collection (assistant.tenancy); chunks indexed before tenants existed
+# have no such field and are the default tenant's.
+DEFAULT_TENANT = "default"
+TENANT_FIELD = "tenant"
 
 _NAMESPACE = uuid.UUID("6f1c1f0e-6b8e-4ad6-9b1c-6f3c9b2d7a10")
 
@@ -33,6 +38,7 @@ class Chunk:
     doc_type: str = "document"  # "filing" | "regulation" | "document"
     file_hash: str = ""
     content_hash: str = ""
+    tenant: str = DEFAULT_TENANT
     extra: dict[str, Any] = field(default_factory=dict)  # company, form, period ...
 
     @property

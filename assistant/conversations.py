@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from .db import answers, checked_collection, conversations, storable
 from .errors import UnknownConversation
+from .tenancy import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -69,31 +70,31 @@ class Conversations:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def start(self, collection: str, title: str | None = None) -> str:
-        """A new conversation; its title is set by its first recorded answer unless given here."""
+    def start(self, collection: str, title: str | None = None, *, tenant: str = DEFAULT_TENANT) -> str:
+        """A new conversation of `tenant`; its title is set by its first recorded answer unless given here."""
         conversation_id = str(uuid.uuid4())
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(sa.insert(conversations).values(
                 id=conversation_id, created_at=now, updated_at=now, collection=checked_collection(collection),
-                title=title_of(storable(title)) if title else None,
+                title=title_of(storable(title)) if title else None, tenant=tenant,
             ))
         return conversation_id
 
-    def history(self, conversation_id: str, limit: int = HISTORY_TURNS) -> list[Turn]:
-        """The last `limit` turns, oldest first."""
+    def history(self, conversation_id: str, limit: int = HISTORY_TURNS, *, tenant: str | None = None) -> list[Turn]:
+        """The last `limit` turns, oldest first. `tenant`: only its conversations exist (None: any)."""
         with self.engine.connect() as conn:
-            self._row(conn, conversation_id)
+            self._row(conn, conversation_id, tenant)
             rows = conn.execute(
                 sa.select(answers).where(answers.c.conversation_id == conversation_id)
                 .order_by(answers.c.created_at.desc(), answers.c.id.desc()).limit(limit)
             ).mappings().all()
         return [_turn(row) for row in reversed(rows)]
 
-    def get(self, conversation_id: str) -> Conversation:
-        """The conversation with all its turns, oldest first."""
+    def get(self, conversation_id: str, *, tenant: str | None = None) -> Conversation:
+        """The conversation with all its turns, oldest first. `tenant`: only its conversations exist."""
         with self.engine.connect() as conn:
-            row = self._row(conn, conversation_id)
+            row = self._row(conn, conversation_id, tenant)
             rows = conn.execute(
                 sa.select(answers).where(answers.c.conversation_id == conversation_id)
                 .order_by(answers.c.created_at, answers.c.id)
@@ -101,9 +102,12 @@ class Conversations:
         return Conversation(row["id"], row["collection"], row["title"], row["created_at"], row["updated_at"],
                             [_turn(r) for r in rows])
 
-    def recent(self, limit: int = 50, collection: str | None = None) -> list[ConversationSummary]:
-        """Conversations with at least one answer, most recently continued first."""
+    def recent(self, limit: int = 50, collection: str | None = None, *,
+               tenant: str | None = None) -> list[ConversationSummary]:
+        """Conversations with at least one answer, most recently continued first (`tenant`'s; None: all)."""
         query = sa.select(conversations).where(conversations.c.title.is_not(None))
+        if tenant is not None:
+            query = query.where(conversations.c.tenant == tenant)
         if collection is not None:
             query = query.where(conversations.c.collection == collection)
         with self.engine.connect() as conn:
@@ -114,9 +118,9 @@ class Conversations:
                 for r in rows]
 
     @staticmethod
-    def _row(conn: sa.Connection, conversation_id: str) -> sa.RowMapping:
+    def _row(conn: sa.Connection, conversation_id: str, tenant: str | None) -> sa.RowMapping:
         row = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
-        if row is None:
+        if row is None or (tenant is not None and row["tenant"] != tenant):  # another tenant's: unknown
             raise unknown_conversation(conversation_id)
         return row
 

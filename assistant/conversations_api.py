@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from .auth import principal_of
 from .conversations import Conversations
 from .schemas import UtcDatetime
 
@@ -46,13 +47,14 @@ def list_conversations(request: Request, collection: str | None = None,
     """Conversations with at least one answer, most recently continued first (optionally of one collection)."""
     return [ConversationSummaryOut(id=c.id, collection=c.collection, title=c.title, created_at=c.created_at,
                                    updated_at=c.updated_at)
-            for c in Conversations(request.app.state.components.engine).recent(limit, collection)]
+            for c in Conversations(request.app.state.components.engine).recent(
+                limit, collection, tenant=principal_of(request).tenant)]
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationOut, tags=["conversations"])
 def get_conversation(conversation_id: str, request: Request) -> ConversationOut:
     """A conversation and its turns, oldest first. 404 `unknown_conversation` for an id never returned."""
-    c = Conversations(request.app.state.components.engine).get(conversation_id)
+    c = Conversations(request.app.state.components.engine).get(conversation_id, tenant=principal_of(request).tenant)
     return ConversationOut(
         id=c.id, collection=c.collection, title=c.title, created_at=c.created_at, updated_at=c.updated_at,
         turns=[TurnOut(answer_id=t.answer_id or "", question=t.question, standalone_question=t.standalone,

@@ -20,6 +20,7 @@ from .db import answers
 from .errors import UnknownCollection
 from .retrieval import Retriever
 from .sources import page_list
+from .tenancy import TENANT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ def parts_of(correction: str) -> list[str]:
 
 
 def correction_sources(engine: sa.Engine, retriever: Retriever, answer_id: str, correction: str,
-                       min_similarity: float) -> list[dict[str, Any]]:
+                       min_similarity: float, tenant: str | None = None) -> list[dict[str, Any]]:
     """The chunks the correction restates, one per quoted passage ({point_id, source, section, pages,
-    similarity}); none when no passage is close to a chunk."""
+    similarity}); none when no passage is close to a chunk. `tenant`: search only its chunks."""
     with engine.connect() as conn:
         collection = conn.execute(sa.select(answers.c.collection).where(answers.c.id == answer_id)).scalar()
     if collection is None or not correction.strip():
@@ -56,7 +57,7 @@ def correction_sources(engine: sa.Engine, retriever: Retriever, answer_id: str, 
     found: dict[str, dict[str, Any]] = {}
     for part in parts_of(correction):
         try:
-            hits = retriever.search(part, collection, 1).hits
+            hits = retriever.search(part, collection, 1, {TENANT_FIELD: tenant} if tenant else None).hits
         except UnknownCollection:  # the collection was dropped since: the vote still counts, without evidence
             log.warning("correction of answer %s: collection %r is gone", answer_id, collection)
             return []

@@ -1,4 +1,4 @@
-"""The relational database: answers, conversations, feedback and the document registry.
+"""The relational database: answers, conversations, feedback, the document registry, API keys and tenants.
 
 SQLite under DATA_DIR by default (WAL mode, busy timeout, foreign keys on); PostgreSQL for replicated
 deployments (DATABASE_URL=postgresql+psycopg://user:pass@host:5432/finrag, a pooled engine; a bare
@@ -23,6 +23,7 @@ from .errors import InvalidCollectionName
 log = logging.getLogger(__name__)
 
 COLLECTION_CHARS = 128  # the collection columns: PostgreSQL refuses longer values where SQLite would keep them
+TENANT_CHARS = 63
 
 metadata = sa.MetaData()
 
@@ -51,6 +52,7 @@ conversations = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),  # its latest answer
     sa.Column("collection", sa.String(COLLECTION_CHARS), nullable=False),
     sa.Column("title", sa.Text),  # the first question, truncated
+    sa.Column("tenant", sa.String(TENANT_CHARS), nullable=False, server_default="default", index=True),
 )
 
 answers = sa.Table(
@@ -76,6 +78,7 @@ answers = sa.Table(
     sa.Column("inferred_filters", sa.JSON),  # what retrieval kept to because the question named it
     sa.Column("versions", sa.JSON),  # {embedder, reranker, index, memory}: what served it (assistant/learn.py)
     sa.Column("memory", sa.JSON),  # [{feedback_id, similarity, point_id, effect}]: feedback that moved its ranking
+    sa.Column("tenant", sa.String(TENANT_CHARS), nullable=False, server_default="default", index=True),
 )
 
 feedback = sa.Table(
@@ -92,7 +95,29 @@ feedback = sa.Table(
     sa.Column("correction", sa.Text),  # the answer the user says is right
     sa.Column("citation_marks", sa.JSON),  # [{n, point_id, source, section, pages, useful}]
     sa.Column("updated_at", sa.DateTime(timezone=True)),  # when the user changed their vote
+    sa.Column("tenant", sa.String(TENANT_CHARS), nullable=False, server_default="default", index=True),
     sa.Index("uq_feedback_answer_user", "answer_id", "user_id", unique=True),
+)
+
+api_keys = sa.Table(  # see assistant.keys: only a hash of each key's secret is stored
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),  # public part of the key, shown in lists and logs
+    sa.Column("secret_hash", sa.String(64), nullable=False),  # sha256 of the secret part, hex
+    sa.Column("tenant", sa.String(TENANT_CHARS), nullable=False, index=True),
+    sa.Column("role", sa.String(16), nullable=False),  # member | admin
+    sa.Column("name", sa.String(200), nullable=False),  # what the key is for
+    sa.Column("rate_limit_per_minute", sa.Float),  # None: RATE_LIMIT_PER_MINUTE
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+collection_owners = sa.Table(  # see assistant.tenancy: a collection without a row is the default tenant's
+    "collection_owners",
+    metadata,
+    sa.Column("name", sa.String(COLLECTION_CHARS), primary_key=True),
+    sa.Column("tenant", sa.String(TENANT_CHARS), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -135,14 +160,19 @@ def database_url(url: str) -> sa.URL:
     return parsed
 
 
-def connect(url: str) -> sa.Engine:
-    """An engine on `url` with the schema migrated to the latest version."""
+def connect(url: str, *, connect_timeout_s: int = 10, statement_timeout_s: float = 30.0) -> sa.Engine:
+    """An engine on `url` with the schema migrated to the latest version. PostgreSQL connections give up
+    connecting after `connect_timeout_s` and cancel a statement after `statement_timeout_s` (0: never;
+    DATABASE_CONNECT_TIMEOUT_S, DATABASE_STATEMENT_TIMEOUT_S); migrations run without the statement limit."""
     parsed = database_url(url)
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     elif parsed.get_backend_name() == "postgresql":
-        options = POSTGRES_POOL
+        limits: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout_s))}
+        if statement_timeout_s and "options" not in parsed.query:  # options given in the URL win
+            limits["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+        options = {**POSTGRES_POOL, "connect_args": limits}
     engine = sa.create_engine(parsed, **options)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -169,6 +199,7 @@ def migrate(engine: sa.Engine) -> None:
         try:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
+                    conn.execute(sa.text("SET LOCAL statement_timeout = 0"))  # a long migration, or waiting for one
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")

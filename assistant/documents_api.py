@@ -32,8 +32,8 @@ from ingest.jobs import IngestJobs, Job
 from ingest.loading import SUPPORTED, LoadError, load
 from ingest.pipeline import doc_id_for
 
-from .api import components_of
-from .components import Components
+from .api import components_of, readable_collection
+from .auth import principal_of
 from .db import documents
 from .document_view import ViewedDocument, render
 from .errors import (
@@ -43,9 +43,11 @@ from .errors import (
     UnknownChunk,
     UnknownCollection,
     UnknownDocument,
+    UnknownJob,
     UploadRejected,
 )
 from .schemas import UtcDatetime
+from .tenancy import CollectionOwners
 from .uploads import check_collection, receive
 
 log = logging.getLogger(__name__)
@@ -131,12 +133,18 @@ _JOBS_LOCK = threading.Lock()
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Stops the ingest worker when the app shuts down (before the app closes its components)."""
+    """At start-up, queues again in the background the uploads whose ingest a stop cut short (IngestJobs.resume);
+    stops the ingest worker when the app shuts down (before the app closes its components)."""
+    uploads = app.state.settings.data_dir / "uploads"
+    if uploads.is_dir() and any(uploads.iterdir()):
+        with _JOBS_LOCK:
+            jobs = app.state.ingest_jobs = getattr(app.state, "ingest_jobs", None) or IngestJobs(app.state.components)
+        threading.Thread(target=jobs.resume, args=(uploads,), name="finrag-resume", daemon=True).start()
     yield
     with _JOBS_LOCK:
         jobs, app.state.ingest_jobs = getattr(app.state, "ingest_jobs", None), None
     if jobs is not None:
-        await run_in_threadpool(jobs.close)
+        await run_in_threadpool(jobs.close, app.state.settings.server_shutdown_timeout_s)
 
 
 router = APIRouter(tags=["documents"], lifespan=_lifespan)
@@ -163,7 +171,8 @@ def list_documents(request: Request, collection: str | None = Query(
         default=None, description="Collection to list (default: the COLLECTION setting).")) -> list[DocumentOut]:
     """The documents indexed in a collection, by file name."""
     comp = components_of(request)
-    query = sa.select(documents).where(documents.c.collection == (collection or comp.settings.collection))
+    _, name = readable_collection(request, collection)
+    query = sa.select(documents).where(documents.c.collection == name)
     with comp.engine.connect() as conn:
         rows = conn.execute(query.order_by(documents.c.source)).mappings().all()
     return [_document_out(dict(row)) for row in rows]
@@ -171,7 +180,7 @@ def list_documents(request: Request, collection: str | None = Query(
 
 @router.get("/v1/documents/{doc_id}", response_model=DocumentOut)
 def get_document(doc_id: str, request: Request) -> DocumentOut:
-    return _document_out(_row(components_of(request), doc_id))
+    return _document_out(_row(request, doc_id))
 
 
 @router.get("/v1/documents/{doc_id}/file", response_class=FileResponse, responses={
@@ -180,7 +189,7 @@ def get_document(doc_id: str, request: Request) -> DocumentOut:
 def document_file(doc_id: str, request: Request) -> FileResponse:
     """The original file of a document (PDFs open at a page with `#page=N`). HTML is served sandboxed: its scripts
     never run."""
-    row = _row(components_of(request), doc_id)
+    row = _row(request, doc_id)
     path = _file(row)
     headers = {"Content-Disposition": content_disposition(row["source"]), "X-Content-Type-Options": "nosniff"}
     if _kind(path) == "html":
@@ -193,7 +202,7 @@ def document_view(doc_id: str, request: Request) -> HTMLResponse:
     """The document's text as indexed, one HTML page with an anchor `#p-<point_id>` where each chunk starts,
     `#section-<slug>` at each section and `#page-<n>` at each page."""
     comp = components_of(request)
-    row = _row(comp, doc_id)
+    row = _row(request, doc_id)
     path = _file(row)
     try:
         loaded = load(path)
@@ -210,8 +219,9 @@ def document_view(doc_id: str, request: Request) -> HTMLResponse:
 def delete_document(doc_id: str, request: Request) -> Response:
     """Remove a document: its chunks from every index serving its collection, its registry row, and its file if
     it was uploaded (files ingested from elsewhere stay where they are). 409 while an ingest job works on it."""
+    principal_of(request).require_admin("deleting a document")
     comp = components_of(request)
-    row = _row(comp, doc_id)
+    row = _row(request, doc_id)
     jobs = _existing_jobs(request)
     if jobs is not None and (job_id := jobs.working_on(doc_id)):
         raise DocumentBusy(f"ingest job {job_id} is working on {row['source']}; delete it once the job is done "
@@ -236,7 +246,7 @@ def get_chunk(point_id: str, request: Request, collection: str | None = Query(
         default=None, description="Collection of the chunk (default: the COLLECTION setting).")) -> ChunkOut:
     """One indexed chunk by the point id citations carry."""
     comp = components_of(request)
-    name = collection or comp.settings.collection
+    principal, name = readable_collection(request, collection)
     try:
         point_id = str(uuid.UUID(point_id))
     except ValueError:
@@ -245,7 +255,7 @@ def get_chunk(point_id: str, request: Request, collection: str | None = Query(
     if physical not in comp.store.collections():
         raise UnknownCollection(f"no collection named {name!r}; GET /v1/collections lists them")
     chunk = comp.store.get_chunks(physical, [point_id]).get(point_id)
-    if chunk is None:
+    if chunk is None or (principal.tenant is not None and chunk.tenant != principal.tenant):
         raise UnknownChunk(f"no chunk {point_id} in collection {name!r} (re-ingesting a changed file replaces its "
                            "chunks)")
     return ChunkOut(point_id=point_id, collection=name, doc_id=chunk.doc_id, source=chunk.source, title=chunk.title,
@@ -268,8 +278,12 @@ async def upload_documents(request: Request, collection: str | None = Query(
     """Upload files (multipart/form-data, one `files` part each) to be ingested by a background job. Files that
     break a rule are rejected, the others queued; all rejected → 422 with the reasons. Uploading a name again
     replaces that document with the new file."""
+    principal = principal_of(request)
+    principal.require_admin("uploading documents")
     comp = components_of(request)
     name = check_collection(collection or comp.settings.collection)
+    if principal.tenant is not None:  # a new collection becomes the tenant's; another tenant's is refused
+        CollectionOwners(comp.engine).claim(name, principal.tenant, exists=name in comp.store.collections())
     folder = comp.settings.data_dir / "uploads" / name
     limits = comp.settings.upload
     received = await receive(request, folder, SUPPORTED, max_bytes=int(limits.max_mb * 1_000_000),
@@ -298,22 +312,33 @@ async def upload_documents(request: Request, collection: str | None = Query(
 def list_jobs(request: Request) -> list[IngestJobOut]:
     """Recent ingest jobs, newest first (kept in memory: the last 50 since the server started)."""
     jobs = _existing_jobs(request)
-    return [IngestJobOut.of(job) for job in jobs.recent()] if jobs is not None else []
+    if jobs is None:
+        return []
+    recent = jobs.recent()
+    visible = set(CollectionOwners(components_of(request).engine).visible(principal_of(request),
+                                                                          {job.collection for job in recent}))
+    return [IngestJobOut.of(job) for job in recent if job.collection in visible]
 
 
 @router.get("/v1/ingest/jobs/{job_id}", response_model=IngestJobOut)
 def get_job(job_id: str, request: Request) -> IngestJobOut:
     """One ingest job and the state of each of its files."""
-    return IngestJobOut.of(ingest_jobs(request).get(job_id))
+    job = ingest_jobs(request).get(job_id)
+    if not CollectionOwners(components_of(request).engine).may_read(principal_of(request), job.collection):
+        raise UnknownJob(f"no ingest job {job_id!r} (jobs are kept in memory until the server restarts); "
+                         "GET /v1/ingest/jobs lists them")
+    return IngestJobOut.of(job)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _row(comp: Components, doc_id: str) -> dict[str, Any]:
+def _row(request: Request, doc_id: str) -> dict[str, Any]:
+    """The registry row of a document of the caller's tenant; UnknownDocument for another tenant's."""
+    comp = components_of(request)
     with comp.engine.connect() as conn:
         row = conn.execute(sa.select(documents).where(documents.c.id == doc_id)).mappings().first()
-    if row is None:
+    if row is None or not CollectionOwners(comp.engine).may_read(principal_of(request), row["collection"]):
         raise UnknownDocument(f"no document {doc_id!r}; GET /v1/documents?collection=NAME lists them")
     return dict(row)
 

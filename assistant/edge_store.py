@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -137,6 +138,9 @@ class EdgeStore:
             shard = self._shard(collection)
             self._index_payload(shard, existing=shard.info().payload_schema)  # fields added since it was made
             return
+        if path.exists():  # a creation killed midway left segments without a config: nothing was ever stored there
+            log.warning("removing %s: the leftovers of a collection whose creation was interrupted", path)
+            shutil.rmtree(path)
         log.info("creating collection %s (%d-d, cosine) in %s", collection, dim, self.root)
         config = qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
@@ -167,8 +171,6 @@ class EdgeStore:
 
     def drop_collection(self, collection: str) -> None:
         """Delete a collection and its files (nothing happens when it does not exist)."""
-        import shutil
-
         path = self._path(collection)
         if path is None or not path.exists():
             return
@@ -195,11 +197,18 @@ class EdgeStore:
         for start in range(0, len(points), _BATCH):
             shard.update(qe.UpdateOperation.upsert_points(points[start : start + _BATCH]))
 
-    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None:
-        """Delete a document's chunks; with `keep_file_hash`, only those of other file versions."""
+    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None,
+                        keep_chunks: int | None = None) -> None:
+        """Delete a document's chunks; with `keep_file_hash`, only those of other file versions, and with
+        `keep_chunks` too, that version's chunks from index `keep_chunks` on (left by a chunking that made more)."""
         if not self._exists(collection):
             return
-        must_not: list[Any] = [] if keep_file_hash is None else [_match("file_hash", keep_file_hash)]
+        must_not: list[Any] = []
+        if keep_file_hash is not None:
+            kept: list[Any] = [_match("file_hash", keep_file_hash)]
+            if keep_chunks is not None:
+                kept.append(qe.FieldCondition(key="chunk_index", range=qe.RangeFloat(lt=float(keep_chunks))))
+            must_not.append(qe.Filter(must=kept))
         selector = qe.Filter(must=[_match("doc_id", doc_id)], must_not=must_not)
         self._shard(collection).update(qe.UpdateOperation.delete_points_by_filter(selector))
 
@@ -263,6 +272,23 @@ class EdgeStore:
             if offset is None:
                 return
 
+    def points(self, collection: str, batch: int = 512) -> Iterable[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Every point as stored: (id, payload, vectors) with vectors {"dense": [floats], "bm25": ([indices],
+        [values])} (checks that an index is what an uninterrupted ingest makes, and backups)."""
+        shard = self._shard(collection)
+        offset: Any = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=True)
+            )
+            for r in records:
+                named = r.vector if isinstance(r.vector, dict) else {DENSE: r.vector}
+                vectors = {name: (list(v.indices), list(v.values)) if isinstance(v, qe.SparseVector) else list(v or [])
+                           for name, v in named.items()}
+                yield str(r.id), dict(r.payload or {}), vectors
+            if offset is None:
+                return
+
     def get_chunks(self, collection: str, point_ids: Sequence[str]) -> dict[str, Chunk]:
         if not point_ids:
             return {}
@@ -276,6 +302,14 @@ class EdgeStore:
         points). Edge runs no optimizer in the background. True if anything changed."""
         return bool(self._shard(collection).optimize())
 
+    def release_shards(self) -> None:
+        """Close every open shard (each flushes to disk) but keep ROOT's lock: the files are then complete and no
+        other process can change them, so they can be copied as they are (assistant.backup). Later calls reopen."""
+        with self._guard:
+            for shard in self._shards.values():
+                shard.close()
+            self._shards.clear()
+
     def close(self) -> None:
         with self._guard:
             for shard in self._shards.values():
@@ -287,10 +321,12 @@ class EdgeStore:
 
 
 def edge_filter(flt: models.Filter | None) -> qe.Filter | None:
-    """The Edge twin of a qdrant-client filter made by `build_filter` / `build_doc_filter` (field matches)."""
+    """The Edge twin of a qdrant-client filter made by `build_filter` / `build_doc_filter` (field matches, and the
+    tenant's nested `should` with an is-empty condition)."""
     if flt is None:
         return None
     return qe.Filter(must=[_condition(c) for c in _conditions(flt.must)],
+                     should=[_condition(c) for c in _conditions(flt.should)] or None,
                      must_not=[_condition(c) for c in _conditions(flt.must_not)])
 
 
@@ -300,7 +336,11 @@ def _conditions(part: Any) -> list[Any]:
     return list(part) if isinstance(part, list) else [part]
 
 
-def _condition(condition: Any) -> qe.FieldCondition:
+def _condition(condition: Any) -> Any:
+    if isinstance(condition, models.Filter):
+        return edge_filter(condition)
+    if isinstance(condition, models.IsEmptyCondition):
+        return qe.IsEmptyCondition(key=condition.is_empty.key)
     if isinstance(condition, models.FieldCondition):
         if isinstance(condition.match, models.MatchValue):
             return qe.FieldCondition(key=condition.key, match=qe.MatchValue(value=condition.match.value))

@@ -13,9 +13,13 @@
     │   ├── UnknownChunk
     │   ├── UnknownJob
     │   └── FileMissing             a registered document's file is gone from disk
+    ├── Unauthorized (401)          no API key, or one that is unknown or revoked
+    ├── Forbidden (403)             the key may not do this (an admin endpoint, a collection of another tenant)
     ├── IndexLocked (409)           embedded Qdrant is open in another process
     ├── DocumentBusy (409)          an ingest job is working on the document
-    ├── UploadTooLarge (413)        the request body is past what any accepted upload can be
+    ├── RequestTooLarge (413)       a JSON request body past MAX_BODY_KB
+    │   └── UploadTooLarge          the request body is past what any accepted upload can be
+    ├── RateLimited (429)           the key sent more requests than its limit; `retry_after_s` says when to retry
     └── ComponentUnavailable (503)  the LLM, the store or the embedder cannot serve
         └── ModelMissing            model weights were not fetched yet
 
@@ -85,6 +89,16 @@ class FileMissing(NotFound):
     code = "file_missing"
 
 
+class Unauthorized(FinragError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(FinragError):
+    status_code = 403
+    code = "forbidden"
+
+
 class IndexLocked(FinragError):
     status_code = 409
     code = "index_locked"
@@ -95,9 +109,22 @@ class DocumentBusy(FinragError):
     code = "document_busy"
 
 
-class UploadTooLarge(FinragError):
+class RequestTooLarge(FinragError):
     status_code = 413
+    code = "request_too_large"
+
+
+class UploadTooLarge(RequestTooLarge):
     code = "upload_too_large"
+
+
+class RateLimited(FinragError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ComponentUnavailable(FinragError):

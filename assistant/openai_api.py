@@ -26,12 +26,15 @@ from fastapi.routing import APIRoute
 from pydantic_core import to_json
 
 from .answering import Citation
-from .api import chat_service, components_of, error_event_data, event_stream, final, sse, started
+from .api import chat_service, components_of, error_event_data, event_stream, final, readable_collection, sse, started
+from .auth import principal_of
 from .chat import RecordedAnswer
 from .conversations import Turn
 from .db import documents
 from .errors import BadRequest, FinragError, UnknownCollection
+from .ratelimit import retry_after_headers
 from .schemas import (
+    OPENAI_ERROR_RESPONSES,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
@@ -43,6 +46,7 @@ from .schemas import (
     ModelOut,
     Usage,
 )
+from .tenancy import CollectionOwners
 
 log = logging.getLogger(__name__)
 SOURCES_HEADING = "\n\nSources:\n"
@@ -65,7 +69,9 @@ class OpenAIRoute(APIRoute):
             except FinragError as exc:
                 if exc.status_code >= 500:
                     log.error("%s: %s", exc.code, exc.message)
-                return openai_error(exc.status_code, exc.message, exc.code)
+                response = openai_error(exc.status_code, exc.message, exc.code)
+                response.headers.update(retry_after_headers(exc))  # on a 429 (the openai client honours it)
+                return response
             except RequestValidationError as exc:
                 problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
                             for e in exc.errors()]
@@ -74,7 +80,7 @@ class OpenAIRoute(APIRoute):
         return route
 
 
-router = APIRouter(route_class=OpenAIRoute, tags=["openai"])
+router = APIRouter(route_class=OpenAIRoute, tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
 
 
 # --- models: the collections ----------------------------------------------------------------------------------
@@ -100,7 +106,8 @@ def _models(request: Request) -> list[ModelOut]:
         first: dict[str, datetime | None] = dict(conn.execute(
             sa.select(documents.c.collection, sa.func.min(documents.c.indexed_at)).group_by(documents.c.collection)
         ).all())
-    return [ModelOut(id=name, created=_unix(first.get(name))) for name in comp.store.collections()]
+    names = CollectionOwners(comp.engine).visible(principal_of(request), comp.store.collections())
+    return [ModelOut(id=name, created=_unix(first.get(name))) for name in names]
 
 
 def _unix(when: datetime | None) -> int:
@@ -117,9 +124,10 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> ChatCompl
     """Answer the last user message from the collection named by `model`, with the earlier messages as the
     conversation. max_tokens and temperature are accepted and the server's settings apply."""
     question, history = split_messages(body.messages)
+    principal, collection = readable_collection(request, body.model)
     events = chat_service(request).stream(
-        question, collection=body.model, filters=body.filters, top_k=body.top_k, history=history,
-        model=body.generator,
+        question, collection=collection, filters=body.filters, top_k=body.top_k, history=history,
+        model=body.generator, tenant=principal.tenant,
     )
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:

@@ -15,6 +15,7 @@ from .conversations import title_of, unknown_conversation
 from .db import answers, checked_collection, conversations, feedback, storable
 from .errors import BadRequest, UnknownAnswer
 from .store import Filters
+from .tenancy import DEFAULT_TENANT
 
 
 class AnswerLog:
@@ -25,11 +26,12 @@ class AnswerLog:
     def record(
         self, answer: Answer, *, question: str, collection: str, filters: Filters | None, latency_ms: int,
         conversation_id: str | None = None, standalone_question: str | None = None,
-        versions: dict[str, Any] | None = None,
+        versions: dict[str, Any] | None = None, tenant: str = DEFAULT_TENANT,
     ) -> str:
         """Store an answer with everything needed to learn from feedback on it: the question (and what retrieval
         saw), the retrieved chunk ids and scores, the citations, model and prompt versions, the learned model
-        versions and index that served it (`versions`), and which past feedback moved its ranking (`memory`)."""
+        versions and index that served it (`versions`), and which past feedback moved its ranking (`memory`); as
+        `tenant`'s (its conversation must be that tenant's too)."""
         answer_id = str(uuid.uuid4())
         retrieved = [
             {"point_id": h.point_id, "source": h.chunk.source, "pages": page_list(h), "section": h.chunk.section,
@@ -40,7 +42,8 @@ class AnswerLog:
         question = storable(question)
         with self.engine.begin() as conn:  # committed before the response is sent
             if conversation_id is not None:  # the conversation's latest answer; its first question is its title
-                touched = conn.execute(sa.update(conversations).where(conversations.c.id == conversation_id).values(
+                touched = conn.execute(sa.update(conversations).where(
+                    conversations.c.id == conversation_id, conversations.c.tenant == tenant).values(
                     updated_at=now, title=sa.func.coalesce(conversations.c.title, title_of(question)),
                 ))
                 if touched.rowcount == 0:
@@ -54,13 +57,15 @@ class AnswerLog:
                 conversation_id=conversation_id,
                 standalone_question=storable(standalone_question) if standalone_question is not None else None,
                 inferred_filters=answer.inferred_filters, versions=versions, memory=answer.memory or None,
+                tenant=tenant,
             ))
         return answer_id
 
-    def get(self, answer_id: str) -> dict[str, Any]:
+    def get(self, answer_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """The answer's row; UnknownAnswer when there is none, or it is not `tenant`'s (None: any tenant's)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(answers).where(answers.c.id == answer_id)).mappings().first()
-        if row is None:
+        if row is None or (tenant is not None and row["tenant"] != tenant):
             raise UnknownAnswer(f"no answer with id {answer_id!r}; feedback must name an answer_id from /v1/chat")
         return dict(row)
 
@@ -86,6 +91,7 @@ class FeedbackLog:
         self, answer_id: str, rating: str, comment: str | None = None, *, reason: str | None = None,
         correction: str | None = None, citations: Sequence[tuple[int, bool]] | None = None,
         user_id: str | None = None, segment: str | None = None, sources: Sequence[Mapping[str, Any]] = (),
+        tenant: str | None = None,
     ) -> Vote:
         """Record `user_id`'s vote on an answer (ANONYMOUS when None), or replace the vote they gave it before:
         rating, reason, comment, correction, citation marks and segment are all the new vote's.
@@ -94,11 +100,14 @@ class FeedbackLog:
         they are stored resolved to the cited chunks, [{n, point_id, source, section, pages, useful}].
         `sources`: chunks the correction points to (`assistant.corrections`), stored as useful marks with n None
         and "from": "correction".
+        `tenant`: the voter's; an answer of another tenant is unknown (None: any answer). The vote is the answer's
+        tenant's.
         Raises UnknownAnswer, or BadRequest when a mark names no citation of the answer or one twice.
         """
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(answers.c.citations).where(answers.c.id == answer_id)).first()
-        if row is None:
+            row = conn.execute(sa.select(answers.c.citations, answers.c.tenant)
+                               .where(answers.c.id == answer_id)).first()
+        if row is None or (tenant is not None and row.tenant != tenant):
             raise _unknown_answer(answer_id)
         now = datetime.now(UTC)
         user = user_id or ANONYMOUS
@@ -111,7 +120,7 @@ class FeedbackLog:
         try:  # insert, and when the unique (answer, user) index refuses it, update: race-free on any database
             with self.engine.begin() as conn:
                 key = conn.execute(sa.insert(feedback).values(
-                    answer_id=answer_id, user_id=user, created_at=now, **vote,
+                    answer_id=answer_id, user_id=user, created_at=now, tenant=row.tenant, **vote,
                 )).inserted_primary_key
             return Vote(int(key[0]) if key else 0, updated=False)
         except sa.exc.IntegrityError:
@@ -131,7 +140,8 @@ class FeedbackLog:
             ).mappings().all()
         return [dict(r) for r in rows]
 
-    def records(self, collection: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+    def records(self, collection: str | None = None, since: datetime | None = None,
+                tenant: str | None = None) -> list[dict[str, Any]]:
         """Each vote joined with the answer it rates, in the order they were first given (feedback memory, the
         exporter and learning read these; so does `feedback_stats`).
 
@@ -145,7 +155,7 @@ class FeedbackLog:
         source, pages, section, score}]), `answered_at` (when the answer was given).
 
         `collection` keeps votes on that collection's answers; `since` keeps votes given or changed at or after
-        that time (a naive time is UTC).
+        that time (a naive time is UTC); `tenant` keeps that tenant's votes (None: every tenant's).
         """
         f, a = feedback.c, answers.c
         query = (
@@ -158,6 +168,8 @@ class FeedbackLog:
         )
         if collection is not None:
             query = query.where(a.collection == collection)
+        if tenant is not None:
+            query = query.where(f.tenant == tenant)
         if since is not None:
             since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
             query = query.where(sa.func.coalesce(f.updated_at, f.created_at) >= since)

@@ -16,15 +16,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from .auth import admin_only
 from .errors import NotFound
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["evaluation"])
+router = APIRouter(tags=["evaluation"], dependencies=[Depends(admin_only)])  # operators' views: admin keys only
 
 
 class UnknownReport(NotFound):

@@ -7,7 +7,18 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 if TYPE_CHECKING:
     from .answering import Citation
@@ -15,16 +26,64 @@ if TYPE_CHECKING:
     from .feedback_stats import FeedbackStats, Tally
 
 def _as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the database stores UTC, so say so (clients show local time)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """SQLite hands back naive datetimes; the database stores UTC, so say so (clients show local time). A request's
+    time whose offset moves it past datetime's range (0001-01-01T00:00+01:00) is refused."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-FilterValues = dict[str, StrictStr | StrictInt | list[StrictStr] | list[StrictInt]]
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]  # what payload filters hold
+
+
+def _one_message(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """The filters, or one error that says which filter is wrong and what it may be (not one per union member)."""
+    if not isinstance(value, dict):
+        raise ValueError('filters must be an object of field: value, e.g. {"ticker": "AAPL"}')
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        key = next((e["loc"][0] for e in exc.errors() if e["loc"]), "?")
+        raise ValueError(f"filter {str(key)[:80]!r} must be a string, a 64-bit integer, or a list of strings or of "
+                         "integers") from None
+
+
+FilterValues = Annotated[dict[str, StrictStr | Int64 | list[StrictStr] | list[Int64]], WrapValidator(_one_message)]
 GENERATOR_HELP = (
     "Generator to answer with instead of the collection's or the server's default: an embedded model name "
     "(`python -m assistant.models list`, e.g. qwen2.5-coder-0.5b-instruct) or `ollama:TAG`."
 )
+
+
+class ErrorOut(BaseModel):
+    """Every error of the native API (assistant.errors), request validation's included."""
+
+    error: str = Field(description="A stable code: invalid_request, invalid_filter, unknown_collection …")
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: Literal["invalid_request_error", "server_error"]
+    param: str | None = None
+    code: str
+
+
+class OpenAIErrorOut(BaseModel):
+    """An error of the OpenAI-compatible API, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+# The 422 every operation documents (instead of FastAPI's default, which our validation handler never sends).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "The request is invalid: `detail` says which field and why."},
+}
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": OpenAIErrorOut, "description": "The request is invalid: `message` says which field and why."},
+}
 
 
 class ChatRequest(BaseModel):

@@ -123,7 +123,8 @@ class LLMSettings(_Section):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
     timeout_s: float = Field(
         default=180.0, gt=0,
-        description="Timeout of one generation, in seconds (Ollama: also the longest wait for any one read).",
+        description="Longest one generation may take, in seconds, its first piece included (embedded model: once "
+        "it has its turn); past it the request fails with 503, or an error event once streaming.",
     )
     queue_timeout_s: float = Field(
         default=120.0, gt=0,
@@ -149,8 +150,8 @@ class OllamaSettings(_Section):
     )
     connect_timeout_s: float = Field(
         default=5.0, gt=0,
-        description="Longest wait, in seconds, to connect to Ollama (a down server fails fast); reads wait "
-        "LLM_TIMEOUT_S.",
+        description="Longest wait, in seconds, to connect to Ollama (a down server fails fast), and for a whole "
+        "health probe (/health's /api/show); a chat's reads wait up to LLM_TIMEOUT_S.",
     )
     context_tokens: int = Field(
         default=8192, ge=512,
@@ -353,6 +354,22 @@ class IngestSettings(_Section):
         description="What reads PDF text: 'pdfium' (pypdfium2, PDFium's C++: ~10× faster on filings) or 'pypdf' "
         "(pure Python). A PDF PDFium cannot open is tried with pypdf. Changing it re-indexes PDFs.",
     )
+    max_mb: float = Field(
+        default=200.0, gt=0,
+        description="Largest file ingest reads, in MB (10^6 bytes), from the command line or an upload; a larger "
+        "one fails with the reason and the others are ingested.",
+    )
+    max_pdf_pages: int = Field(default=2000, ge=1, description="Most pages of a PDF ingest reads; more fail it.")
+    parse_timeout_s: float = Field(
+        default=300.0, ge=0,
+        description="Longest one file may take to parse, in seconds: files are parsed in a child process, stopped "
+        "past it (a PDF crafted to be slow fails alone). 0 with INGEST_PARSE_MEMORY_MB=0: parse in-process.",
+    )
+    parse_memory_mb: int = Field(
+        default=4096, ge=0,
+        description="Address space, in MB, the child process parsing one file may use (a decompression bomb fails "
+        "alone); 0: no cap.",
+    )
 
 
 class UploadSettings(_Section):
@@ -364,6 +381,29 @@ class UploadSettings(_Section):
         "as soon as it passes the limit.",
     )
     max_files: int = Field(default=20, ge=1, le=1000, description="Most files in one upload request.")
+
+
+class AuthSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="AUTH_", env_file=ENV_FILE, extra="ignore")
+
+    enabled: bool = Field(
+        default=True,
+        description="Require an API key (`Authorization: Bearer fk_...`, `X-API-Key`, or the web UI's login "
+        "cookie) on every endpoint but /health; keys are made with `python -m assistant.keys create`. false: "
+        "one team, no keys, every collection visible (development only; ENV=production refuses it).",
+    )
+    rate_limit_per_minute: float = Field(
+        default=600.0, ge=0,
+        description="Requests per minute per API key (per client address without auth), on each replica; "
+        "0: unlimited. A key may carry its own limit (`keys create --rate-limit`).",
+    )
+    rate_limit_burst: int = Field(
+        default=60, ge=1, description="Requests a key may send at once before the per-minute rate applies.",
+    )
+    cookie_secure: bool = Field(
+        default=False,
+        description="Mark the web UI's login cookie Secure (sent over HTTPS only): set it behind TLS.",
+    )
 
 
 class Settings(_Section):
@@ -378,11 +418,37 @@ class Settings(_Section):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the answer/feedback database. Default: SQLite in DATA_DIR."
     )
+    database_connect_timeout_s: int = Field(
+        default=10, ge=1,
+        description="PostgreSQL: longest wait, in seconds, to open a connection (libpq connect_timeout; a server "
+        "that is down fails in seconds). SQLite: unused.",
+    )
+    database_statement_timeout_s: float = Field(
+        default=30.0, ge=0,
+        description="PostgreSQL: longest one statement may run, in seconds (statement_timeout; 0: no limit); "
+        "migrations at start-up are not limited. SQLite waits at most 10 s for a write lock (busy_timeout).",
+    )
     collection: str = Field(default="finrag", description="Default Qdrant collection.")
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8000, description="Port the API listens on.")
+    server_keep_alive_s: float = Field(
+        default=75.0, gt=0,
+        description="Seconds an idle HTTP keep-alive connection is kept open (uvicorn's timeout_keep_alive). "
+        "Longer than a proxy's idle timeout for its upstream connections (nginx: 60 s), so the proxy never reuses "
+        "a connection the server has just closed.",
+    )
+    server_shutdown_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="On SIGTERM, seconds to let requests in flight (and then the ingest worker's current file) "
+        "finish before they are cut off; keep the orchestrator's grace period above twice this.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
     max_question_chars: int = Field(default=2000, ge=10, description="Longest accepted question.")
+    max_body_kb: int = Field(
+        default=1024, ge=16,
+        description="Largest request body the API reads, in KB (1024 bytes), uploads aside (UPLOAD_MAX_MB); a "
+        "larger one is refused with 413 before it is read.",
+    )
     eval_results_dir: Path | None = Field(
         default=None, description="Evaluation reports the web UI's evaluation page lists (folders with "
         "summary.json from `python -m eval run --out`). Default: the repository's eval/results.",
@@ -401,12 +467,15 @@ class Settings(_Section):
     learn: LearnSettings = Field(default_factory=LearnSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if self.env == "production" and self.host not in ("127.0.0.1", "localhost") and not self.database_url:
             # A replicated deployment must share one database; SQLite in a container dies with it.
             raise ValueError("ENV=production serving beyond loopback needs DATABASE_URL (a shared database)")
+        if self.env == "production" and not self.auth.enabled:
+            raise ValueError("ENV=production refuses AUTH_ENABLED=false: every request must carry an API key")
         return self
 
     @classmethod
@@ -451,5 +520,5 @@ class Settings(_Section):
 _SECTIONS = (
     StoreSettings, EmbeddingSettings, LLMSettings, OllamaSettings, RetrievalSettings, ChunkingSettings,
     RerankSettings, GroundingSettings, ConversationSettings, MemorySettings, LearnSettings, UploadSettings,
-    IngestSettings, Settings,
+    IngestSettings, AuthSettings, Settings,
 )

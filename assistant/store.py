@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from .chunks import FILTERABLE_FIELDS, INTEGER_FIELDS, Chunk, ScoredChunk
+from .chunks import DEFAULT_TENANT, FILTERABLE_FIELDS, INTEGER_FIELDS, TENANT_FIELD, Chunk, ScoredChunk
 from .errors import ComponentUnavailable, IndexLocked, InvalidFilter, UnknownCollection
 from .sparse import SparseVector
 
@@ -62,7 +62,12 @@ class VectorStore(Protocol):
         self, collection: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
         sparse: Sequence[SparseVector] | None = None,
     ) -> None: ...
-    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None: ...
+    def delete_document(
+        self, collection: str, doc_id: str, keep_file_hash: str | None = None, keep_chunks: int | None = None
+    ) -> None:
+        """A document's chunks deleted; with `keep_file_hash`, only those of other file versions, and with
+        `keep_chunks` too, that version's chunks from index `keep_chunks` on (left by a chunking that made more)."""
+        ...
     def count(self, collection: str, doc_id: str | None = None) -> int: ...
     def scroll_chunks(
         self, collection: str, batch: int = 512, doc_id: str | None = None
@@ -82,12 +87,17 @@ def build_filter(filters: Filters | None) -> models.Filter | None:
 
     A list matches any of its values. Integer fields (`INTEGER_FIELDS`, e.g. fiscal_year) also take digit
     strings ("2023"), as a command line passes them; a list-valued payload (quarters) matches when any of its
-    items does.
+    items does. `tenant` keeps that tenant's chunks (`tenant_condition`).
     """
     if not filters:
         return None
+    if not isinstance(filters, Mapping):
+        raise InvalidFilter('filters must be an object of field: value, e.g. {"ticker": "AAPL"}')
     must: list[models.Condition] = []
     for key, value in filters.items():
+        if key == TENANT_FIELD:
+            must.append(tenant_condition(value))
+            continue
         if key not in FILTERABLE_FIELDS:
             raise InvalidFilter(
                 f"cannot filter on {key!r}; filterable fields are: {', '.join(FILTERABLE_FIELDS)}"
@@ -95,25 +105,43 @@ def build_filter(filters: Filters | None) -> models.Filter | None:
         if isinstance(value, list):
             if not value or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
                 raise InvalidFilter(f"filter {key!r} needs a non-empty list of strings or integers")
-            any_of = [integer_value(key, v) for v in value] if key in INTEGER_FIELDS else value
+            any_of: list[int] | list[str]
+            if key in INTEGER_FIELDS or all(isinstance(v, int) for v in value):
+                any_of = [integer_value(key, v) for v in value]
+            elif all(isinstance(v, str) for v in value):
+                any_of = [str(v) for v in value]
+            else:
+                raise InvalidFilter(f"filter {key!r} mixes strings and integers; give a list of one or the other")
             must.append(models.FieldCondition(key=key, match=models.MatchAny(any=any_of)))
         elif isinstance(value, str | int) and not isinstance(value, bool):
-            one = integer_value(key, value) if key in INTEGER_FIELDS else value
+            one = integer_value(key, value) if key in INTEGER_FIELDS or isinstance(value, int) else value
             must.append(models.FieldCondition(key=key, match=models.MatchValue(value=one)))
         else:
             raise InvalidFilter(f"filter {key!r} must be a string, an integer or a list of them")
     return models.Filter(must=must)
 
 
+def tenant_condition(tenant: object) -> models.Filter:
+    """Chunks of `tenant`; for the default tenant also chunks with no tenant (indexed before tenants existed)."""
+    if not isinstance(tenant, str) or not tenant:
+        raise InvalidFilter("filter 'tenant' must be a tenant name")
+    same: list[models.Condition] = [models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))]
+    if tenant == DEFAULT_TENANT:
+        same.append(models.IsEmptyCondition(is_empty=models.PayloadField(key=TENANT_FIELD)))
+    return models.Filter(should=same)
+
+
 def integer_value(key: str, value: str | int) -> int:
-    """The value of an integer field (`INTEGER_FIELDS`), from an int or a digit string ("2023")."""
-    if isinstance(value, int):
-        return value
+    """The value of an integer field (`INTEGER_FIELDS`), from an int or a digit string ("2023"); a 64-bit one, as
+    payloads hold."""
     try:
-        return int(value.strip())
+        number = value if isinstance(value, int) else int(value.strip())
     except ValueError:
         raise InvalidFilter(f"{key} takes an integer (whole years and other integers, e.g. 2023), "
-                            f"got {value!r}") from None
+                            f"got {str(value)[:40]!r}") from None
+    if not -(2**63) <= number < 2**63:
+        raise InvalidFilter(f"filter {key!r}: {str(number)[:40]} is out of range (64-bit integers)")
+    return number
 
 
 def check_vectors(chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]],
@@ -302,13 +330,19 @@ class QdrantStore:
             self._client.upsert(collection, points[start : start + 256], wait=True,
                                 ordering=self.distribution.ordering)
 
-    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None) -> None:
-        """Delete a document's chunks; with `keep_file_hash`, only those of other file versions."""
+    def delete_document(self, collection: str, doc_id: str, keep_file_hash: str | None = None,
+                        keep_chunks: int | None = None) -> None:
+        """Delete a document's chunks; with `keep_file_hash`, only those of other file versions, and with
+        `keep_chunks` too, that version's chunks from index `keep_chunks` on (left by a chunking that made more)."""
         if not self._client.collection_exists(collection):
             return
         must_not: list[models.Condition] = []
         if keep_file_hash is not None:
-            must_not.append(models.FieldCondition(key="file_hash", match=models.MatchValue(value=keep_file_hash)))
+            kept: list[models.Condition] = [
+                models.FieldCondition(key="file_hash", match=models.MatchValue(value=keep_file_hash))]
+            if keep_chunks is not None:
+                kept.append(models.FieldCondition(key="chunk_index", range=models.Range(lt=keep_chunks)))
+            must_not.append(models.Filter(must=kept))
         selector = models.Filter(
             must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))],
             must_not=must_not or None,

@@ -72,6 +72,13 @@ def render(page: Page) -> str:
                              content=(TEMPLATES / f"{page.name}.html").read_text(encoding="utf-8"))
 
 
+def login_html(next_path: str, error: str | None) -> str:
+    """The sign-in page (assistant.auth serves it): a form posting the key, `next_path` the page to return to."""
+    notice = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    page = Template((TEMPLATES / "login.html").read_text(encoding="utf-8"))
+    return page.substitute(next=escape(next_path), error=notice)
+
+
 def _endpoint(page: Page) -> Callable[[], HTMLResponse]:
     def endpoint() -> HTMLResponse:
         return HTMLResponse(render(page), headers=HEADERS)

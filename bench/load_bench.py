@@ -7,7 +7,8 @@ Starts `python -m assistant` on a free loopback port with the environment given 
 for /health, then for each client count runs that many asyncio clients (httpx) for `--seconds`, each sending
 `POST /v1/retrieve` for the next question of the file (one feed across the levels; with RETRIEVAL_QUERY_CACHE=0,
 as `make bench` runs it, a repeated question is embedded again), and reports requests/s, latency p50/p95/p99 and
-errors. One server process, as `make run` starts it; the server's own threads serve the requests.
+errors. One server process, as `make run` starts it; the server's own threads serve the requests. The clients send
+an API key made for the run (`python -m assistant.keys create`, no rate limit), as any client must.
 """
 
 from __future__ import annotations
@@ -56,8 +57,16 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not start in 300 s")
 
 
+def api_key(env: dict[str, str]) -> str:
+    """A key of the default tenant with no rate limit, made in the server's database (same environment)."""
+    made = subprocess.run([sys.executable, "-m", "assistant.keys", "create", "--tenant", "default", "--name",
+                           "benchmark", "--rate-limit", "0"], cwd=REPO, capture_output=True, text=True, check=True,
+                          env={**os.environ, **env})
+    return made.stdout.strip()
+
+
 async def run_level(url: str, feed: Iterator[str], clients: int, seconds: float, collection: str | None,
-                    top_k: int) -> dict[str, Any]:
+                    top_k: int, headers: dict[str, str]) -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop = time.monotonic() + seconds
@@ -79,7 +88,7 @@ async def run_level(url: str, feed: Iterator[str], clients: int, seconds: float,
             latencies.append((time.perf_counter() - started) * 1000)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
         began = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - began
@@ -106,15 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         questions = questions[: args.repeat]
     env = dict(e.split("=", 1) for e in args.env)
     port = free_port()
+    headers = {"Authorization": f"Bearer {api_key(env)}"}
     server = start_server(port, env)
     url = f"http://127.0.0.1:{port}"
     try:
         httpx.post(f"{url}/v1/retrieve", json={"question": "warm up", **({"collection": args.collection}
-                                                                         if args.collection else {})}, timeout=120)
+                                                                         if args.collection else {})},
+                   timeout=120, headers=headers)
         rows = []
         feed = itertools.cycle(questions)  # one feed across the levels: each level asks questions not yet asked
         for clients in args.clients:
-            row = asyncio.run(run_level(url, feed, clients, args.seconds, args.collection, args.top_k))
+            row = asyncio.run(run_level(url, feed, clients, args.seconds, args.collection, args.top_k, headers))
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     finally:

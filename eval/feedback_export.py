@@ -297,8 +297,10 @@ def preference_pairs(votes: Iterable[Vote], cases: Iterable[Case]) -> list[dict[
     return pairs
 
 
-def read_votes(engine: sa.Engine, collection: str | None = None, since: datetime | None = None) -> list[Vote]:
-    """Every vote (joined with its answer), optionally of one collection and set at or after `since`."""
+def read_votes(engine: sa.Engine, collection: str | None = None, since: datetime | None = None,
+               tenant: str | None = None) -> list[Vote]:
+    """Every vote (joined with its answer), optionally of one collection, of one tenant, and set at or after
+    `since`."""
     a, f = answers.c, feedback.c
     query = (
         sa.select(f.id.label("feedback_id"), f.answer_id, f.created_at, f.updated_at, f.rating, f.reason,
@@ -309,6 +311,8 @@ def read_votes(engine: sa.Engine, collection: str | None = None, since: datetime
     )
     if collection is not None:
         query = query.where(a.collection == collection)
+    if tenant is not None:
+        query = query.where(f.tenant == tenant)
     if since is not None:  # compared in UTC: what SQLite stores (without a zone), PostgreSQL converts to
         query = query.where(sa.func.coalesce(f.updated_at, f.created_at) >= as_utc(since))
     with engine.connect() as conn:
@@ -405,6 +409,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="only feedback on answers from this collection (default: all)")
     parser.add_argument("--since", type=iso_datetime, metavar="ISO",
                         help="only votes set at or after this ISO date/time (UTC unless it names a zone)")
+    parser.add_argument("--tenant", metavar="NAME",
+                        help="only one tenant's feedback (default: all): keeps a tenant's questions out of "
+                        "evaluation sets and models built for others")
     parser.add_argument("--heldout-percent", type=percent, default=20, metavar="PCT",
                         help="share of cases (grouped by evidence) in golden-heldout.jsonl (default 20)")
     parser.add_argument("--no-text", action="store_true",
@@ -423,7 +430,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         try:
             engine = connect(settings.db_url)
             try:
-                votes = read_votes(engine, args.collection, args.since)
+                votes = read_votes(engine, args.collection, args.since, args.tenant)
             finally:
                 engine.dispose()
         except sa.exc.SQLAlchemyError as exc:
@@ -437,7 +444,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             texts = fetch_texts(components.store, built.cases)
         finally:
             components.close()
-    options = {"collection": args.collection, "since": args.since.isoformat() if args.since else None,
+    options = {"collection": args.collection, "tenant": args.tenant,
+               "since": args.since.isoformat() if args.since else None,
                "heldout_percent": args.heldout_percent, "text": not args.no_text}
     manifest = write_export(args.out, votes, built, texts, options)
     print(summary(manifest, args.out))

@@ -1,4 +1,7 @@
-"""`python -m ingest PATH... [--collection NAME] [--prune]` — index documents into Qdrant.
+"""`python -m ingest PATH... [--collection NAME] [--tenant NAME] [--prune]` — index documents into Qdrant.
+
+A new collection becomes the tenant's named by --tenant (default: the default tenant); an existing one keeps its
+owner, and --tenant naming another tenant is refused.
 
 Exit codes: 0 all files indexed or unchanged; 1 some files failed (the others are indexed);
 2 bad usage; 3 the index is locked or a component is unavailable.
@@ -15,6 +18,7 @@ from pathlib import Path
 from assistant.components import Components
 from assistant.errors import FinragError
 from assistant.settings import Settings
+from assistant.tenancy import DEFAULT_TENANT, CollectionOwners
 
 from .pipeline import Ingestor
 
@@ -27,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("paths", nargs="+", type=Path, help="files or folders (folders are walked)")
     parser.add_argument("--collection", help="Qdrant collection (default: COLLECTION setting)")
+    parser.add_argument("--tenant", help="tenant that owns a new collection (default: 'default'); checked for an "
+                        "existing one")
     parser.add_argument("--prune", action="store_true", help="remove chunks of files that no longer exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--if-empty", action="store_true",
@@ -41,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_empty and (n := components.store.count(collection)):
             print(f"collection {collection!r} already holds {n} chunks; nothing to do (--if-empty)")
             return 0
+        exists = collection in components.store.collections()
+        owners = CollectionOwners(components.engine)
+        if args.tenant is not None or not exists:
+            owners.claim(collection, args.tenant or DEFAULT_TENANT, exists=exists)
         report = Ingestor(components).ingest(args.paths, collection, prune=args.prune, progress=not args.quiet)
     except FinragError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

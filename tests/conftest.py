@@ -32,7 +32,7 @@ from assistant.components import Components
 from assistant.embedding import SentenceTransformerEmbedder
 from assistant.llm import LlamaCppLLM
 from assistant.models import fetch
-from assistant.settings import Settings
+from assistant.settings import AuthSettings, Settings
 from ingest.pipeline import Ingestor, IngestReport
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,8 @@ def shared_path(*parts: str) -> Path:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings of a test: authentication and rate limits off unless `auth` is given (tests/test_auth.py)."""
+    overrides.setdefault("auth", AuthSettings(enabled=False, rate_limit_per_minute=0, _env_file=None))  # type: ignore[call-arg]
     return Settings(data_dir=data_dir, collection=SAMPLE_COLLECTION, _env_file=None, **overrides)  # type: ignore[call-arg, arg-type]
 
 

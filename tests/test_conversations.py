@@ -37,7 +37,7 @@ from assistant.rewriting import Period, Rewriter, shift
 
 APPLE_Q3 = "What was Apple's net sales in the quarter ended July 1, 2023?"
 FEES_3C = "What is the annual fee for a Category 3C firm under the FEES rulebook?"
-HEAD = "0004"
+HEAD = "0005"
 
 
 # --- storage ----------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_migration_builds_the_schema_on_a_fresh_database(engine: sa.Engine) -> N
     inspector = sa.inspect(engine)
     assert {"documents", "answers", "feedback", "conversations"} <= set(inspector.get_table_names())
     assert {c["name"] for c in inspector.get_columns("conversations")} == {
-        "id", "created_at", "updated_at", "collection", "title"}
+        "id", "created_at", "updated_at", "collection", "title", "tenant"}
     columns = {c["name"]: c for c in inspector.get_columns("answers")}
     for name in ("conversation_id", "standalone_question", "inferred_filters"):
         assert columns[name]["nullable"], name

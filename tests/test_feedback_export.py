@@ -311,8 +311,16 @@ def test_command_exports_a_real_feedback_log(tmp_path: Path, capsys: pytest.Capt
         "feedback_rows": 6, "answers": 5, "cases": 3, "train": 3, "heldout": 0, "unanswerable": 1,
         "skipped": None, "sft": 2, "preferences": 1, "evidence_items": 4, "evidence_without_text": 4}
     assert manifest["counts"]["skipped"] == {NOTHING_TO_LEARN: 1}
-    assert manifest["options"] == {"collection": "adgm", "since": None, "heldout_percent": 0, "text": False}
+    assert manifest["options"] == {"collection": "adgm", "tenant": None, "since": None, "heldout_percent": 0,
+                                   "text": False}
     assert manifest["sha256"][TRAIN_FILE] == hashlib.sha256((out / TRAIN_FILE).read_bytes()).hexdigest()
+
+    # --tenant keeps one tenant's votes: these are all the default tenant's
+    assert _run(["--out", str(out / "other"), "--tenant", "globex", "--no-text"], settings) == 0
+    assert json.loads((out / "other" / MANIFEST_FILE).read_text())["counts"]["feedback_rows"] == 0
+    assert _run(["--out", str(out / "default"), "--tenant", "default", "--collection", "adgm", "--no-text"],
+                settings) == 0
+    assert json.loads((out / "default" / MANIFEST_FILE).read_text())["counts"]["feedback_rows"] == 6
 
     # --since keeps only votes set since then (the refusal's vote is a month old; a3's up vote was updated)
     since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()

@@ -82,7 +82,7 @@ from assistant.errors import InvalidCollectionName
 from assistant.records import AnswerLog, FeedbackLog
 from eval.feedback_export import MANIFEST_FILE, TRAIN_FILE
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture

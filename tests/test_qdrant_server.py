@@ -26,6 +26,7 @@ from assistant.chunks import FILTERABLE_FIELDS, Chunk
 from assistant.components import Components
 from assistant.embedding import SentenceTransformerEmbedder
 from assistant.errors import ComponentUnavailable
+from assistant.keys import ApiKeys
 from assistant.settings import Settings, StoreSettings
 from assistant.sparse import SparseVector
 from assistant.store import QdrantStore
@@ -164,7 +165,9 @@ def test_ingest_cli_and_api_share_a_qdrant_server(qdrant: FakeQdrant, tmp_path: 
     (docs / "treasury-policy.md").write_text(POLICY, encoding="utf-8")
 
     components = Components(settings, embedder=embedder)
-    with TestClient(create_app(settings, components, preload=False)) as client:
+    key = ApiKeys(components.engine).create("default", "test").key  # auth is on, as the environment leaves it
+    with TestClient(create_app(settings, components, preload=False),
+                    headers={"Authorization": f"Bearer {key}"}) as client:
         assert client.get("/v1/collections").json() == []
         assert ingest_main([str(docs), "--collection", "policies", "--quiet"]) == 0
         assert "files: 1 (1 indexed, 0 unchanged, 0 failed" in capsys.readouterr().out

@@ -218,11 +218,12 @@ class Deployment:
     qdrant: FakeQdrant
     ollama: FakeOllama
     workdir: Path
+    headers: dict[str, str]  # an API key made by `python -m assistant.keys` (ENV=production requires one)
     served: list[str] = field(default_factory=list)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Through the proxy; remembers which replica served it."""
-        response = httpx.request(method, f"{self.proxy.url}{path}", timeout=120, **kwargs)
+        response = httpx.request(method, f"{self.proxy.url}{path}", timeout=120, headers=self.headers, **kwargs)
         self.served.append(response.headers.get("x-served-by", ""))
         return response
 
@@ -268,11 +269,17 @@ def deployment(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactor
             ingest_log.write_text(ingest.stdout + ingest.stderr, encoding="utf-8")
             assert ingest.returncode == 0, ingest.stdout + ingest.stderr
             assert "1 indexed" in ingest.stdout
+            made = subprocess.run(
+                [sys.executable, "-m", "assistant.keys", "create", "--tenant", "default", "--name", "scale test",
+                 "--admin"], cwd=root, capture_output=True, text=True, env=_replica_env(base, root / "ingest", 0),
+                timeout=START_TIMEOUT_S, check=True,
+            )
+            headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
             deadline = time.monotonic() + START_TIMEOUT_S
             for replica in replicas.values():
                 replica.wait_healthy(deadline)
             with RoundRobinProxy({name: r.port for name, r in replicas.items()}) as proxy:
-                yield Deployment(proxy, replicas, engine, qdrant, ollama, root)
+                yield Deployment(proxy, replicas, engine, qdrant, ollama, root, headers)
         finally:
             for replica in replicas.values():
                 replica.stop()
@@ -371,7 +378,8 @@ def test_a_replica_crash_loses_no_feedback(deployment: Deployment) -> None:
             a_quarter_sent.set()
         for attempt in range(5):
             try:
-                response: httpx.Response | None = httpx.post(f"{deployment.proxy.url}/v1/feedback", timeout=60, json={
+                response: httpx.Response | None = httpx.post(f"{deployment.proxy.url}/v1/feedback", timeout=60,
+                                                             headers=deployment.headers, json={
                     "answer_id": answer_id, "rating": "up" if i % 3 else "down", "user_id": user})
             except httpx.TransportError:
                 response = None

@@ -11,7 +11,7 @@ from assistant.settings import _SECTIONS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 NESTED = {"store", "embedding", "llm", "ollama", "retrieval", "chunking", "rerank", "conversation", "grounding",
-          "memory", "learn", "upload", "ingest"}
+          "memory", "learn", "upload", "ingest", "auth"}
 
 
 def all_variables() -> set[str]:

@@ -25,6 +25,8 @@ from conftest import SAMPLE_COLLECTION, SampleIndex, serve
 
 from assistant.app import create_app
 from assistant.db import documents, feedback
+from assistant.keys import ApiKeys
+from assistant.settings import AuthSettings
 
 CHROMIUM = os.environ.get("FINRAG_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -277,3 +279,37 @@ def test_evaluation_page_shows_feedback_models_and_reports(page: Any, shots: Pat
     assert page.locator("#latest").inner_text().startswith("Latest: ")
     page.locator("#report-detail table").wait_for()
     page.screenshot(path=str(shots / "evaluation.png"), full_page=True)
+
+
+# --- sign-in (AUTH_ENABLED) -----------------------------------------------------------------------------------
+
+
+def test_sign_in_by_link_use_the_ui_and_sign_out(browser: Any, sample_index: SampleIndex) -> None:
+    """With keys on: a page sends to /login; the link `make run` prints (/login#key=…) signs in, the chat page then
+    lists the key's collections over the cookie, and signing out sends back to /login."""
+    settings = sample_index.settings.model_copy(update={"auth": AuthSettings(  # type: ignore[call-arg]
+        enabled=True, rate_limit_per_minute=0, _env_file=None)})
+    key = ApiKeys(sample_index.components.engine).create("default", "browser test").key
+    app = create_app(settings, sample_index.components, preload=False)
+    with serve(app) as url:
+        context = browser.new_context(base_url=url)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto("/evaluation")
+        assert page.url.endswith("/login?next=/evaluation")
+        page.fill("#key", "fk_wrong")
+        page.click("button[type=submit]")
+        page.locator("p.error").wait_for()
+        page.goto(f"/login#key={key}")
+        page.wait_for_url(f"{url}/")
+        assert "key=" not in page.url
+        page.locator(f"#collection option[value='{SAMPLE_COLLECTION}']").wait_for(state="attached")
+        cookie = next(c for c in context.cookies() if c["name"] == "finrag_key")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url(f"{url}/login")
+        page.goto("/")
+        assert "/login" in page.url
+        context.close()
+        assert not errors, errors

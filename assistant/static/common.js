@@ -29,6 +29,9 @@ export async function api(path, options = {}) {
 }
 
 export async function errorOf(response) {
+  if (response.status === 401) {  // the key was revoked or the sign-in expired: sign in again, then come back
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   let body = {};
   try { body = await response.json(); } catch { /* not JSON */ }
   const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
