@@ -4,7 +4,7 @@ Each `files` part is written to a hidden temporary file beside its destination w
 its content sniffed; it is rejected, and its temporary file removed, as soon as it breaks a rule:
 
 - a name that sanitises to nothing (`safe_name`: the base name only, no control characters, no leading dot, no
-  `..`, at most 200 characters) or that appears twice in the upload;
+  `..`, no Windows device name, at most 200 characters) or that appears twice in the upload;
 - an archive (by extension, or by its magic bytes: zip, gzip, 7z, rar, bzip2, xz, zstd, tar);
 - a type the loader does not read (`supported`: extension → kind), or content that is not of that type: a PDF
   must start with `%PDF-`, text (TXT, HTML, Markdown) must be UTF-8 without NUL bytes;
@@ -44,6 +44,7 @@ _ARCHIVE_SUFFIXES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".x
 _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08", b"\x1f\x8b", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07",
                   b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 ARCHIVE = "archives are not accepted; unpack and upload the files"
+_DEVICE = re.compile(r"(?:CON|PRN|AUX|NUL|COM\d|LPT\d)(?:\..*)?", re.I)  # Windows device names, any extension
 _SNIFF = 512  # bytes read before the content is judged (tar's magic sits at 257)
 _HEADER_SLACK = 1 << 20  # multipart headers and boundaries beside the files' bytes
 
@@ -61,11 +62,15 @@ def check_collection(name: str) -> str:
 
 def safe_name(raw: str) -> str:
     """A file name that is safe to store: the base name of `raw` without control characters, leading dots or
-    `..`, at most MAX_NAME characters (the extension kept). Empty when nothing is left."""
+    `..`, no trailing dot or space, no Windows device name (`CON.pdf` becomes `_CON.pdf`), NFC-normalised, at
+    most MAX_NAME characters (the extension kept). Empty when nothing is left."""
     name = re.split(r"[/\\]", unicodedata.normalize("NFC", raw))[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")  # control, format, unassigned
+    name = unicodedata.normalize("NFC", name)  # a removed character may have kept two from composing
     name = re.sub(r"[<>:\"|?*]", "_", name)
-    name = re.sub(r"\.{2,}", ".", name).strip().lstrip(". ").rstrip(" ")
+    name = re.sub(r"\.{2,}", ".", name).strip().strip(". ")
+    if _DEVICE.fullmatch(name):
+        name = f"_{name}"
     stem, dot, suffix = name.rpartition(".")
     if not dot or len(suffix) > 16:
         stem, suffix = name, ""

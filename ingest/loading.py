@@ -1,19 +1,32 @@
 """Loading: turn a file into pages of text plus document metadata. PDF, HTML/HTM, TXT, Markdown.
 
-A file that cannot be read raises `LoadError` with a one-line reason a person can act on.
+A file that cannot be read raises `LoadError` with a one-line reason a person can act on, whatever is wrong with
+it: corrupt, encrypted, truncated, or hostile. `Limits` bound what one file may cost: its size, its pages, and,
+when a time or memory limit is set, the parse runs in a child process (forked from a clean forkserver) that is
+killed past the time limit and cannot grow past the memory limit, so a PDF crafted to be slow or a decompression
+bomb fails alone instead of hanging or exhausting the ingest.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import multiprocessing
 import re
+import resource
+import signal
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .tables import label_columns, label_table
+
+if TYPE_CHECKING:
+    from assistant.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +37,30 @@ MAX_PDF_PAGES = 2000
 
 class LoadError(Exception):
     """The file cannot be ingested; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What loading one file may cost. Past a limit the file fails with a LoadError naming the setting.
+
+    `max_bytes`: file size; `max_pages`: pages of a PDF; `timeout_s` / `memory_mb`: when either is set, the file
+    is parsed in a child process that is killed after `timeout_s` seconds and whose address space is capped at
+    `memory_mb` (None: no limit; without both, parsing runs in the calling process).
+    """
+
+    max_bytes: int | None = None
+    max_pages: int = MAX_PDF_PAGES
+    timeout_s: float | None = None
+    memory_mb: int | None = None
+
+    @classmethod
+    def of(cls, settings: IngestSettings) -> Limits:
+        return cls(max_bytes=int(settings.max_mb * 1_000_000), max_pages=settings.max_pdf_pages,
+                   timeout_s=settings.parse_timeout_s or None, memory_mb=settings.parse_memory_mb or None)
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.timeout_s or self.memory_mb)
 
 
 @dataclass
@@ -53,30 +90,132 @@ class LoadedDocument:
 PdfParser = Literal["pdfium", "pypdf"]
 
 
-def load(path: Path, pdf_parser: PdfParser = "pdfium") -> LoadedDocument:
+def load(path: Path, pdf_parser: PdfParser = "pdfium", limits: Limits | None = None) -> LoadedDocument:
     """The file's pages of text and what its first pages say about it. PDFs are read by PDFium (pypdfium2, C++:
     ~10× faster than pypdf on filings) or pypdf (`pdf_parser`); a PDF PDFium cannot open is tried with pypdf,
-    whose message says why it fails."""
+    whose message says why it fails. Raises LoadError, with the reason, for any file that cannot be loaded
+    within `limits` (none by default)."""
+    limits = limits or Limits()
     kind = SUPPORTED.get(path.suffix.lower())
     if kind is None:
         raise LoadError(f"unsupported file type {path.suffix or '(none)'!r}; supported: "
                         f"{', '.join(sorted(SUPPORTED))}")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise LoadError("empty file")
-    if kind == "pdf":
-        pages = _load_pdf_pdfium(path) if pdf_parser == "pdfium" else None
-        if pages is None:
-            pages = _load_pdf(path)
-    elif kind == "html":
-        pages = _load_html(path)
-    else:
-        pages = [Page(None, _read_text(path))]
-    if not any(p.text.strip() for p in pages):
-        hint = " (a scanned PDF? OCR is not supported)" if kind == "pdf" else ""
-        raise LoadError(f"no extractable text{hint}")
-    doc = LoadedDocument(path=path, pages=pages, title=path.stem)
-    describe(doc)
+    if limits.max_bytes is not None and size > limits.max_bytes:
+        raise LoadError(f"the file is {size / 1e6:.1f} MB, more than the {limits.max_bytes / 1e6:g} MB limit "
+                        "(INGEST_MAX_MB)")
+    if limits.isolated:
+        return _load_in_child(path, pdf_parser, limits)
+    try:
+        return _load(path, kind, pdf_parser, limits.max_pages)
+    except MemoryError:
+        raise LoadError("parsing ran out of memory (INGEST_PARSE_MEMORY_MB bounds it in a child process)") from None
+
+
+def _load(path: Path, kind: str, pdf_parser: PdfParser, max_pages: int) -> LoadedDocument:
+    try:
+        if kind == "pdf":
+            pages = _load_pdf_pdfium(path, max_pages) if pdf_parser == "pdfium" else None
+            if pages is None:
+                pages = _load_pdf(path, max_pages)
+        elif kind == "html":
+            pages = _load_html(path)
+        else:
+            pages = [Page(None, _read_text(path))]
+        if not any(p.text.strip() for p in pages):
+            hint = " (a scanned PDF? OCR is not supported)" if kind == "pdf" else ""
+            raise LoadError(f"no extractable text{hint}")
+        doc = LoadedDocument(path=path, pages=pages, title=path.stem)
+        describe(doc)
+    except (LoadError, OSError, MemoryError):
+        raise
+    except RecursionError:
+        raise LoadError(f"the {kind} is nested too deeply to parse (RecursionError)") from None
+    except Exception as exc:  # a parser's bug on a hostile file fails that file, not the run
+        log.warning("%s: unexpected parser error", path, exc_info=True)
+        raise LoadError(f"cannot parse this {kind} file: {exc} ({type(exc).__name__})") from exc
     return doc
+
+
+# --- the parse in a child process ------------------------------------------------------------------------------
+
+_CONTEXT: multiprocessing.context.ForkServerContext | None = None
+
+
+def _context() -> multiprocessing.context.ForkServerContext:
+    """Children forked from a forkserver: cheap to start (the parsers are imported once, in the server) and safe
+    from any process, threads, torch and open stores included."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        _CONTEXT = context
+    return _CONTEXT
+
+
+def _load_in_child(path: Path, pdf_parser: PdfParser, limits: Limits) -> LoadedDocument:
+    kind = SUPPORTED[path.suffix.lower()]
+    receiver, sender = _context().Pipe(duplex=False)
+    child = _context().Process(target=_child, args=(sender, path, kind, pdf_parser, limits), daemon=True,
+                               name=f"finrag-parse {path.name[:60]}")
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(limits.timeout_s):
+            raise LoadError(f"parsing took longer than {limits.timeout_s:g} s (INGEST_PARSE_TIMEOUT_S): a file "
+                            "crafted to be slow, or raise the limit")
+        try:
+            ok, value = receiver.recv()
+        except EOFError:  # the child died without a word: killed, or a crash in a parser's C code
+            child.join(5)
+            raise LoadError(_died(child.exitcode, limits)) from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+    if not ok:
+        raise LoadError(value)
+    document: LoadedDocument = value
+    return document
+
+
+def _child(sender: Connection, path: Path, kind: str, pdf_parser: PdfParser, limits: Limits) -> None:
+    """The child's side: load, send the document or the reason back."""
+    if limits.timeout_s:  # ends the child even if its parent is gone (killed mid-ingest) and cannot kill it
+        signal.alarm(math.ceil(limits.timeout_s) + 5)
+    if limits.memory_mb:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        try:
+            sender.send((True, _load(path, kind, pdf_parser, limits.max_pages)))
+        except LoadError as exc:
+            sender.send((False, str(exc)))
+        except OSError as exc:
+            sender.send((False, f"cannot read file: {exc.strerror or exc}"))
+        except MemoryError:
+            sender.send((False, _memory_message(limits)))
+    finally:
+        sender.close()
+
+
+def _memory_message(limits: Limits) -> str:
+    return (f"parsing it needs more than {limits.memory_mb} MB of memory (INGEST_PARSE_MEMORY_MB): a decompression "
+            "bomb, or raise the limit")
+
+
+def _died(exitcode: int | None, limits: Limits) -> str:
+    if exitcode is not None and exitcode < 0:
+        how = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+    else:
+        how = f"exit code {exitcode}"
+    if limits.memory_mb:  # C code (PDFium) aborts where Python would raise MemoryError
+        return f"the parser crashed on this file ({how}); most likely {_memory_message(limits)}"
+    return f"the parser crashed on this file ({how})"
 
 
 def _read_text(path: Path) -> str:
@@ -96,7 +235,7 @@ def _read_text(path: Path) -> str:
 PDF_MAX_ARRAY_ELEMENTS = 5_000_000
 
 
-def _load_pdf_pdfium(path: Path) -> list[Page] | None:
+def _load_pdf_pdfium(path: Path, max_pages: int = MAX_PDF_PAGES) -> list[Page] | None:
     """Pages of text by PDFium, cleaned as pypdf's are; None when PDFium cannot open the file (pypdf then says why:
     encrypted, corrupt...)."""
     import pypdfium2 as pdfium
@@ -108,8 +247,8 @@ def _load_pdf_pdfium(path: Path) -> list[Page] | None:
         return None
     try:
         n = len(document)
-        if n > MAX_PDF_PAGES:
-            raise LoadError(f"PDF has {n} pages, more than the limit of {MAX_PDF_PAGES}")
+        if n > max_pages:
+            raise LoadError(f"PDF has {n} pages, more than the limit of {max_pages} (INGEST_MAX_PDF_PAGES)")
         pages = []
         for i in range(n):
             try:
@@ -132,7 +271,7 @@ def _load_pdf_pdfium(path: Path) -> list[Page] | None:
 _PDFIUM_SPACE = re.compile("[\x00\x02\ufffe]")
 
 
-def _load_pdf(path: Path) -> list[Page]:
+def _load_pdf(path: Path, max_pages: int = MAX_PDF_PAGES) -> list[Page]:
     from pypdf import PdfReader, apply_configuration
     from pypdf.errors import PdfReadError, PyPdfError
 
@@ -148,8 +287,8 @@ def _load_pdf(path: Path) -> list[Page]:
                 if not ok:
                     raise LoadError("encrypted PDF: a password is required")
             n = len(reader.pages)
-            if n > MAX_PDF_PAGES:
-                raise LoadError(f"PDF has {n} pages, more than the limit of {MAX_PDF_PAGES}")
+            if n > max_pages:
+                raise LoadError(f"PDF has {n} pages, more than the limit of {max_pages} (INGEST_MAX_PDF_PAGES)")
             pages = []
             for i, page in enumerate(reader.pages, start=1):
                 try:
@@ -187,35 +326,129 @@ def fix_table_headers(text: str) -> str:
     return text
 
 
+# Real filings nest elements a few dozen deep, and tables in tables two or three deep. A file nested deeper (crafted,
+# or thousands of unclosed tags) fails: a table's cells hold the text of the tables within, so its text grows with
+# the square of their depth.
+MAX_HTML_DEPTH = 512
+MAX_HTML_TABLE_DEPTH = 8
+_SKIPPED = frozenset({"script", "style", "head", "noscript"})
+_BLOCKS = frozenset({"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "tr"})
+_PAGE_BREAK = re.compile(r"page-break-(before|after)\s*:\s*always", re.I)
+
+
 def _load_html(path: Path) -> list[Page]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(_read_text(path), "html.parser")
-    for tag in soup(["script", "style", "head", "noscript"]):
-        tag.decompose()
-    for tag in soup.find_all(style=re.compile(r"page-break-(before|after)\s*:\s*always", re.I)):
-        marker = "\f" if "before" in str(tag.get("style", "")).lower() else None
-        if marker:
-            tag.insert_before("\f")
-        else:
-            tag.insert_after("\f")
-    for table in soup.find_all("table"):
-        grid = []
-        for tr in table.find_all("tr"):
-            cells = [" ".join(td.get_text(" ").split()) for td in tr.find_all(["td", "th"])]
-            grid.append(["" if c in ("$", ")", "%") else c for c in cells])
-        table.replace_with("\n" + "\n".join(label_table(grid)) + "\n")
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    for block in soup.find_all(["p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "tr"]):
-        block.insert_after("\n")
-    text = soup.get_text()
+    depth, tables = _nesting(soup, MAX_HTML_DEPTH)
+    if depth > MAX_HTML_DEPTH:
+        raise LoadError(f"HTML nested more than {MAX_HTML_DEPTH} elements deep (unclosed tags?): too deep to read")
+    if tables > MAX_HTML_TABLE_DEPTH:  # a table's rows take in those of the tables in its cells: text grows as n²
+        raise LoadError(f"HTML tables nested {tables} deep, more than {MAX_HTML_TABLE_DEPTH} (unclosed tables?)")
+    text = _html_text(soup)
     text = re.sub(r"[ \t\xa0]+", " ", text)
     text = re.sub(r"\n[^\S\f]*\n+", "\n\n", text)  # keep \f: it marks a page break
     parts = text.split("\f")
     if len(parts) == 1:
         return [Page(None, parts[0].strip())]
     return [Page(i, part.strip()) for i, part in enumerate(parts, start=1)]
+
+
+def _html_text(root: Any) -> str:
+    """The text of a parsed page: scripts, styles and the head left out, a line break after each block and `<br>`,
+    a form feed at each CSS page break, each table as labelled rows (`label_table`). One pass over the tree, without
+    recursion and without editing it (each of bs4's edits costs the length of the parent's children: a page of
+    100,000 paragraphs took minutes)."""
+    from bs4 import CData, NavigableString, Tag
+
+    out: list[str] = []
+    stack: list[Iterator[Any]] = [iter(root.contents)]
+    closing: list[str] = [""]  # what follows each open element's text
+    while stack:
+        node = next(stack[-1], None)
+        if node is None:
+            stack.pop()
+            out.append(closing.pop())
+            continue
+        if not isinstance(node, Tag):
+            if type(node) in (NavigableString, CData):  # not comments, doctypes, script text
+                out.append(node)
+            continue
+        if node.name in _SKIPPED:
+            continue
+        style = str(node.get("style") or "")
+        broken = _PAGE_BREAK.search(style)
+        before = broken is not None and "before" in style.lower()
+        if before:
+            out.append("\f")
+        after = ("\n" if node.name in _BLOCKS else "") + ("\f" if broken and not before else "")
+        if node.name == "table":
+            out += ["\n" + "\n".join(label_table(_grid(node))) + "\n", after]
+        elif node.name == "br":
+            out += ["\n", after]
+        else:
+            stack.append(iter(node.contents))
+            closing.append(after)
+    return "".join(out)
+
+
+def _grid(table: Any) -> list[list[str]]:
+    """A table's cells, row by row, each as one line of text (`$`, `)` and `%` cells emptied)."""
+    grid = []
+    for tr in _descendants(table, ("tr",)):
+        cells = [" ".join(_words(td)) for td in _descendants(tr, ("td", "th"))]
+        grid.append(["" if c in ("$", ")", "%") else c for c in cells])
+    return grid
+
+
+def _descendants(node: Any, names: tuple[str, ...]) -> list[Any]:
+    """The elements named `names` under `node`, in document order, none from a script, style or the head."""
+    from bs4 import Tag
+
+    found = []
+    stack = [iter(node.contents)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif isinstance(child, Tag) and child.name not in _SKIPPED:
+            if child.name in names:
+                found.append(child)
+            stack.append(iter(child.contents))
+    return found
+
+
+def _words(node: Any) -> list[str]:
+    """The words of an element's text, scripts and styles left out."""
+    from bs4 import CData, NavigableString, Tag
+
+    words: list[str] = []
+    stack = [iter(node.contents)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif isinstance(child, Tag):
+            if child.name not in _SKIPPED:
+                stack.append(iter(child.contents))
+        elif type(child) in (NavigableString, CData):
+            words += child.split()
+    return words
+
+
+def _nesting(root: Any, limit: int) -> tuple[int, int]:
+    """How deep elements, and tables within tables, nest under `root` (a bs4 Tag), counted without recursion; stops
+    once elements nest past `limit`."""
+    from bs4 import Tag
+
+    deepest = tables = 0
+    stack = [(root, 0, 0)]
+    while stack and deepest <= limit:
+        tag, depth, in_tables = stack.pop()
+        deepest, tables = max(deepest, depth), max(tables, in_tables)
+        stack.extend((child, depth + 1, in_tables + (child.name == "table"))
+                     for child in tag.contents if isinstance(child, Tag))
+    return deepest, tables
 
 
 _MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",

@@ -174,7 +174,9 @@ def test_bad_file_is_reported_and_the_run_goes_on(
 ) -> None:
     # pypdf's own array limit: the MSFT 10-Q exceeds it (ingest raises the limit, see the test below)
     monkeypatch.setattr("ingest.loading.PDF_MAX_ARRAY_ELEMENTS", 100_000)
-    monkeypatch.setenv("INGEST_WORKERS", "0")  # the patch holds in this process only: parse here, not ahead
+    monkeypatch.setenv("INGEST_WORKERS", "0")  # the patch holds in this process only: parse here, not ahead,
+    monkeypatch.setenv("INGEST_PARSE_TIMEOUT_S", "0")  # and not in a child process either
+    monkeypatch.setenv("INGEST_PARSE_MEMORY_MB", "0")
     if case == "pypdf-limit":  # PDFium (the default parser) has no such limit and reads the file
         monkeypatch.setenv("INGEST_PDF_PARSER", "pypdf")
     build, reason_pattern = BAD_FILES[case]

@@ -243,7 +243,7 @@ def test_bad_files_are_rejected_and_the_good_one_queued(client: TestClient, fres
     assert reasons["setup.exe"].startswith("unsupported file type '.exe'")
     assert reasons["filings.zip"] == reasons["notes.txt"] == "archives are not accepted; unpack and upload the files"
     assert reasons["report.pdf"] == "not a PDF: it does not start with %PDF-"
-    assert "NUL" in reasons["nul.txt"] and "UTF-8" in reasons["latin.txt"] and reasons["empty.md"] == "empty file"
+    assert "NUL" in reasons["_nul.txt"] and "UTF-8" in reasons["latin.txt"] and reasons["empty.md"] == "empty file"
     assert reasons[".."] == "no usable file name"
     assert "appears twice" in files[-1]["error"]
 
