@@ -116,6 +116,30 @@ class IngestJobs:
                     return job.id
         return None
 
+    def resume(self, uploads: Path) -> list[Job]:
+        """Queue again the uploaded files whose ingest a stop cut short (a kill or a crash mid-file, a shutdown with
+        files still queued): every file of `uploads`/<collection>/ that the registry and the index do not hold as
+        it is. One job per collection; [] when every upload is indexed. A file that fails to ingest stays in the
+        uploads folder and is tried again at each start (DELETE its document, or remove the file, to stop that)."""
+        ingestor = Ingestor(self.components)
+        resumed = []
+        for folder in sorted(p for p in uploads.iterdir() if p.is_dir()) if uploads.is_dir() else []:
+            try:
+                files = [(f.name, f) for f in sorted(folder.iterdir())
+                         if f.is_file() and not f.name.startswith(".") and ingestor.needs_indexing(f, folder.name)]
+            except (FinragError, OSError) as exc:  # the store or the database cannot serve: say so, start anyway
+                log.error("cannot check the uploads of %s for interrupted ingests: %s", folder.name, exc)
+                continue
+            if not files:
+                continue
+            log.warning("resuming the ingest of %d uploaded file(s) of %s that a stop interrupted: %s", len(files),
+                        folder.name, ", ".join(name for name, _ in files))
+            try:
+                resumed.append(self.submit(folder.name, files))
+            except ComponentUnavailable:  # shutting down already
+                break
+        return resumed
+
     def close(self, timeout: float | None = None) -> None:
         """Stop the worker once the file it is ingesting is done; files still waiting end `failed`."""
         with self._lock:

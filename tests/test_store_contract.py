@@ -200,6 +200,21 @@ def test_delete_document_keeps_only_the_kept_version(store: VectorStore, name: s
     assert [h.chunk for h in store.search(name, QUERY, limit=1)] == [chunks["apart"]]
 
 
+def test_delete_document_drops_the_kept_versions_chunks_past_the_last(store: VectorStore, name: str) -> None:
+    """A file re-chunked into fewer chunks (same file, new chunk settings): its point ids 0..n-1 are overwritten,
+    the ones from n on are stale and go with `keep_chunks`."""
+    fill(store, name)
+    store.upsert(name, [chunk("aapl", i, file_hash="v2") for i in range(4)],
+                 [unit(1.0, 0.0, 0.0, 0.1 * i + 0.1) for i in range(4)])
+    store.upsert(name, [chunk("aapl", i, file_hash="v2", company="Apple Inc.") for i in range(2)],
+                 [unit(1.0, 0.0, 0.0, 0.1) for _ in range(2)])  # the new chunking: two chunks
+    store.delete_document(name, "aapl", keep_file_hash="v2", keep_chunks=2)
+    kept = sorted((c.file_hash, c.chunk_index, c.extra.get("company"))
+                  for _, c in store.scroll_chunks(name, doc_id="aapl"))
+    assert kept == [("v2", 0, "Apple Inc."), ("v2", 1, "Apple Inc.")]
+    assert (store.count(name, "aapl"), store.count(name, "msft"), store.count(name, "nvda")) == (2, 2, 1)
+
+
 def test_count_per_document(store: VectorStore, name: str) -> None:
     fill(store, name)
     assert (store.count(name), store.count(name, "aapl"), store.count(name, "msft")) == (5, 2, 2)
