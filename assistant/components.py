@@ -158,7 +158,9 @@ class Components:
 
     @property
     def engine(self) -> sa.Engine:
-        return self._once("_engine", lambda: connect(self.settings.db_url))
+        s = self.settings
+        return self._once("_engine", lambda: connect(s.db_url, connect_timeout_s=s.database_connect_timeout_s,
+                                                     statement_timeout_s=s.database_statement_timeout_s))
 
     @property
     def sparse(self) -> BM25Encoder:

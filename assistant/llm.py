@@ -4,12 +4,18 @@
   one generation at a time: requests queue in arrival order (`LLM_QUEUE_TIMEOUT_S`).
 - `OllamaLLM`: an Ollama server through the official `ollama` client.
 
+Both bound every wait (`LLM_TIMEOUT_S` for a whole generation, `LLM_QUEUE_TIMEOUT_S` for the embedded model's
+queue, `OLLAMA_CONNECT_TIMEOUT_S` for connecting to Ollama and for health probes), report an LLM that cannot
+serve as `ComponentUnavailable` (HTTP 503) with what to do, and hold no state that an outage could break: each
+request tries afresh, so the API recovers by itself when the server is back. `ping()` is the health probe.
+
 Both also offer `count_tokens(text)` and `context_tokens` (the model's window), which prompt packing
 (`assistant.packing`) uses to fit the sources.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,7 +28,7 @@ from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
-from .errors import ComponentUnavailable
+from .errors import ComponentUnavailable, ModelMissing
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +114,16 @@ class LlamaCppLLM:
     returned (a prompt still being read is finished first — llama.cpp offers no earlier stop).
 
     `count_tokens` uses the model's own tokenizer through llama.cpp's `/tokenize`, served by the HTTP
-    listener that xllamacpp starts on a loopback port beside the in-process server (`listening_address`).
+    listener that xllamacpp starts on a loopback port beside the in-process server (`listening_address`);
+    `ping` asks that listener's `/health`, and says the model is stuck when one generation has held it for more
+    than twice `timeout_s` (llama.cpp ignored the request to stop: only a restart frees it).
+
+    A file that is missing is `ModelMissing` (from `assistant.models.require_model`); one that llama.cpp cannot
+    load (truncated, corrupt, not a GGUF model) is `ModelMissing` too, saying to fetch it again.
     """
+
+    PROBE_TIMEOUT_S = 5.0  # the loopback listener's /health answers in milliseconds
+    TOKENIZE_TIMEOUT_S = 30.0  # /tokenize: milliseconds too, but on a CPU that a generation may be keeping busy
 
     def __init__(
         self, model_path: Path, *, name: str, threads: int = 2, context_tokens: int = 4096,
@@ -133,22 +147,47 @@ class LlamaCppLLM:
         try:
             self._server = xlc.Server(params)
         except Exception as exc:  # the binding raises plain RuntimeErrors on bad files
-            raise ComponentUnavailable(f"cannot load GGUF model {model_path}: {exc}") from exc
+            raise ModelMissing(
+                f"cannot load GGUF model {model_path} ({exc}): the file is truncated, corrupt or not a GGUF model; "
+                f"delete it and fetch it again (`python -m assistant.models fetch {name}` for a registered model)"
+            ) from exc
         self.name = name
         self.context_tokens = context_tokens
         self.timeout_s = timeout_s
         self.queue_timeout_s = queue_timeout_s
         self._gate = _FifoGate()
+        self._generating_since: float | None = None  # monotonic start of the generation holding the model
         address = self._server.listening_address
         # No pooled connections: nothing is left open when the model is dropped without close().
         no_pool = httpx.Limits(max_keepalive_connections=0)
-        self._http = httpx.Client(base_url=address, timeout=30, limits=no_pool) if address else None
+        self._http = httpx.Client(base_url=address, timeout=self.TOKENIZE_TIMEOUT_S,
+                                  limits=no_pool) if address else None
         log.info("llm %s loaded in %.1fs (%d threads)", name, time.perf_counter() - started, threads)
 
     @property
     def queued(self) -> int:
         """Requests generating or waiting for their turn."""
         return self._gate.queued
+
+    def ping(self) -> None:
+        """Raise ComponentUnavailable when the model cannot serve: its loopback listener does not answer
+        `/health`, or one generation has held the model for more than twice LLM_TIMEOUT_S."""
+        import httpx
+
+        since = self._generating_since
+        if since is not None and (held := time.monotonic() - since) > 2 * self.timeout_s:
+            raise ComponentUnavailable(
+                f"the embedded model {self.name} has been generating one answer for {held:.0f}s, more than twice "
+                f"LLM_TIMEOUT_S ({self.timeout_s:g}s), and does not stop: restart the server"
+            )
+        if self._http is None:
+            return
+        try:
+            self._http.get("/health", timeout=self.PROBE_TIMEOUT_S).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ComponentUnavailable(
+                f"the embedded model {self.name} does not answer its health check ({exc!r}); restart the server"
+            ) from exc
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes in this model's prompt (its own tokenizer; no BOS or template tokens)."""
@@ -197,6 +236,7 @@ class LlamaCppLLM:
             return cancelled.is_set()  # True stops generation early
 
         def run() -> None:
+            self._generating_since = time.monotonic()
             try:
                 result = self._server.handle_chat_completions(request, on_chunk)
                 if isinstance(result, dict) and "error" in result:
@@ -204,6 +244,7 @@ class LlamaCppLLM:
             except Exception as exc:  # surfaced to the consumer below
                 pieces.put(exc)
             finally:
+                self._generating_since = None
                 self._gate.release()  # the context is free only once llama.cpp has returned
                 pieces.put(_DONE)
 
@@ -220,7 +261,8 @@ class LlamaCppLLM:
                     item = pieces.get(timeout=max(0.1, deadline - time.monotonic()))
                 except queue.Empty:
                     raise ComponentUnavailable(
-                        f"the embedded model {self.name} did not finish within {self.timeout_s:g}s (LLM_TIMEOUT_S)"
+                        f"the embedded model {self.name} did not finish within {self.timeout_s:g}s (LLM_TIMEOUT_S); "
+                        "try again, and if it keeps happening raise LLM_TIMEOUT_S or serve a smaller model (LLM_MODEL)"
                     ) from None
                 if item is _DONE:
                     return
@@ -257,9 +299,14 @@ class OllamaLLM:
     """An Ollama server, through the official client (`/api/chat`, streamed NDJSON).
 
     Every chat sends `keep_alive` (how long Ollama keeps the model loaded after it) and `num_ctx` =
-    `context_tokens`, so the window prompts are packed for is the one Ollama uses. `timeout_s` bounds each
-    read and the whole answer; `connect_timeout_s` bounds opening the connection, so a down server is
-    reported in seconds. `count_tokens` is an estimate (`estimate_tokens`): Ollama has no tokenize API.
+    `context_tokens`, so the window prompts are packed for is the one Ollama uses. `count_tokens` is an estimate
+    (`estimate_tokens`): Ollama has no tokenize API.
+
+    Timeouts: `connect_timeout_s` bounds opening the connection, so a down server is reported in seconds;
+    `timeout_s` bounds the whole answer, strictly: the stream is read by a worker thread and the consumer waits
+    for each piece at most until the deadline, so a server that accepts the request and then sends nothing, or
+    stalls halfway, fails at `timeout_s` (the worker's own read timeout, also `timeout_s`, then ends it). `ping`
+    and `models` are health probes: `connect_timeout_s` bounds the whole call.
     """
 
     def __init__(
@@ -270,6 +317,7 @@ class OllamaLLM:
         import ollama
 
         self._client = ollama.Client(host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self._probe = ollama.Client(host=host, timeout=httpx.Timeout(connect_timeout_s))
         self.host = host
         self.model = model
         self.name = f"ollama:{model}"
@@ -285,40 +333,73 @@ class OllamaLLM:
     def stream(
         self, messages: Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0
     ) -> Generator[str, None, None]:
+        import httpx
+
         deadline = time.monotonic() + self.timeout_s
-        parts = self._client.chat(
-            model=self.model,
-            messages=[dict(m) for m in messages],
-            stream=True,
-            keep_alive=self.keep_alive,
-            options={"num_predict": max_tokens, "temperature": temperature, "seed": 7,
-                     "num_ctx": self.context_tokens},
-        )
+        pieces: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+        chat = [dict(m) for m in messages]
+        options = {"num_predict": max_tokens, "temperature": temperature, "seed": 7, "num_ctx": self.context_tokens}
+
+        def read() -> None:
+            parts: Any = None
+            try:
+                parts = self._client.chat(model=self.model, messages=chat, stream=True, keep_alive=self.keep_alive,
+                                          options=options)
+                for part in parts:
+                    if part.done:
+                        self._log_done(part)
+                    text = part.message.content if part.message else None
+                    if text:
+                        pieces.put(text)
+                    if stop.is_set():  # the consumer is gone (closed, failed or timed out)
+                        break
+                pieces.put(_DONE)
+            except Exception as exc:  # surfaced to the consumer below
+                pieces.put(exc)
+            finally:
+                if isinstance(parts, Generator):  # the client's stream: closing it closes the connection, so an
+                    with contextlib.suppress(Exception):  # abandoned answer stops Ollama generating
+                        parts.close()
+
+        threading.Thread(target=read, name=f"ollama-{self.model}", daemon=True).start()
+        received = False
         try:
-            for part in parts:
-                if part.done:
-                    self._log_done(part)
-                text = part.message.content if part.message else None
-                if text:
-                    yield text
-                if time.monotonic() > deadline:
-                    raise ComponentUnavailable(
-                        f"Ollama at {self.host} did not finish answering with {self.model} within "
-                        f"{self.timeout_s:g}s (LLM_TIMEOUT_S)"
-                    )
-        except Exception as exc:
-            translated = self._unavailable(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+            while True:
+                try:
+                    item = pieces.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise self._timed_out(received) from None
+                if item is _DONE:
+                    return
+                if isinstance(item, httpx.TimeoutException) and not isinstance(item, httpx.ConnectTimeout):
+                    raise self._timed_out(received) from item  # the worker's read timeout: the same deadline
+                if isinstance(item, Exception):
+                    translated = self._unavailable(item)
+                    if translated is None:
+                        raise item
+                    raise translated from item
+                received = True
+                yield item
         finally:
-            if isinstance(parts, Generator):  # the client's stream: closing it closes the connection, so an
-                parts.close()  # abandoned answer stops Ollama generating
+            stop.set()
+
+    def _timed_out(self, received: bool) -> ComponentUnavailable:
+        if not received:
+            return ComponentUnavailable(
+                f"Ollama at {self.host} sent nothing for {self.timeout_s:g}s (LLM_TIMEOUT_S) while serving "
+                f"{self.model}; it may still be loading the model, or be stuck: retry, or raise LLM_TIMEOUT_S"
+            )
+        return ComponentUnavailable(
+            f"Ollama at {self.host} did not finish answering with {self.model} within {self.timeout_s:g}s "
+            "(LLM_TIMEOUT_S); retry, or raise LLM_TIMEOUT_S"
+        )
 
     def ping(self) -> None:
-        """Raise ComponentUnavailable unless the server answers and has the model (`/api/show`)."""
+        """Raise ComponentUnavailable unless the server answers and has the model (`/api/show`), within
+        `connect_timeout_s` in all."""
         try:
-            self._client.show(self.model)
+            self._probe.show(self.model)
         except Exception as exc:
             translated = self._unavailable(exc)
             if translated is None:
@@ -328,7 +409,7 @@ class OllamaLLM:
     def models(self) -> list[str]:
         """The model tags the server has pulled (`/api/tags`), e.g. ["qwen2.5:7b-instruct"]."""
         try:
-            return [m.model for m in self._client.list().models if m.model]
+            return [m.model for m in self._probe.list().models if m.model]
         except Exception as exc:
             translated = self._unavailable(exc)
             if translated is None:
@@ -337,6 +418,7 @@ class OllamaLLM:
 
     def close(self) -> None:
         self._client.close()
+        self._probe.close()
 
     def _log_done(self, part: Any) -> None:
         prompt, generated = part.prompt_eval_count or 0, part.eval_count or 0
@@ -367,16 +449,18 @@ class OllamaLLM:
                 f"{where} is unreachable (no connection within {self.connect_timeout_s:g}s, OLLAMA_CONNECT_TIMEOUT_S); "
                 f"{_START_HINT}"
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.TimeoutException):  # a probe's (a chat's timeouts are told by `stream`)
             return ComponentUnavailable(
-                f"{where} sent nothing for {self.timeout_s:g}s (LLM_TIMEOUT_S) while serving {self.model}; "
-                "it may still be loading the model: retry, or raise LLM_TIMEOUT_S"
+                f"{where} accepted the connection but did not answer within {self.connect_timeout_s:g}s "
+                "(OLLAMA_CONNECT_TIMEOUT_S); it is overloaded or stuck: check it (`ollama ps`) or restart it"
             )
         if isinstance(exc, httpx.ConnectError | ConnectionError):
             reason = exc.__context__ if isinstance(exc, ConnectionError) and exc.__context__ else exc
             return ComponentUnavailable(f"{where} is unreachable ({reason}); {_START_HINT}")
         if isinstance(exc, httpx.HTTPError):
-            return ComponentUnavailable(f"{where} broke off while serving {self.model}: {exc!r}")
+            return ComponentUnavailable(
+                f"{where} broke off while serving {self.model} ({exc!r}); retry, and if it recurs check Ollama's log"
+            )
         if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError):
             return ComponentUnavailable(f"{where} sent a reply that is not Ollama's API ({exc}); check OLLAMA_HOST")
         return None

@@ -20,6 +20,14 @@ Endpoints, as Ollama serves them:
   first"}` from chat and `{"error": "model 'x' not found"}` from show; an error before any content is the
   status and `{"error": ...}` (`chat_error`); one after it is an `{"error": ...}` line in the stream
   (`stream_error`); an unknown path is gin's plain-text `404 page not found`.
+
+Outages, as tests provoke them (each can be set and cleared while the server runs):
+- `stop()` / `start()`: stop listening (connection refused) and listen again on the same port, as an Ollama
+  that is restarted.
+- `hang()`: accept connections and read requests, then answer nothing until `hang(False)` (a stuck server).
+- `chat_error = (status, message)`: chats fail with that status before any content (a 5xx).
+- `drop_after = n`: a streamed chat sends n chunks, then the connection is cut without the end of the chunked
+  body (the server dying mid-answer).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +106,7 @@ class FakeOllama:
     stream_error: if set, the stream sends this `{"error": ...}` line after the first chunk.
     chat_error: if set, `(status, message)`: every chat fails before any content, as Ollama does when the model
         cannot load (500) or its queue is full (503).
+    drop_after: if set, a streamed chat's connection is cut after this many chunks (no end of the body).
     """
 
     def __init__(
@@ -106,12 +117,18 @@ class FakeOllama:
         chunk_delay_s: float = 0.0,
         stream_error: str | None = None,
         chat_error: tuple[int, str] | None = None,
+        drop_after: int | None = None,
     ) -> None:
         self.reply = reply
         self.models = [_canonical(m) for m in models]
         self.chunk_delay_s = chunk_delay_s
         self.stream_error = stream_error
         self.chat_error = chat_error
+        self.drop_after = drop_after
+        self._answering = threading.Event()  # cleared while the server hangs
+        self._answering.set()
+        self._port = 0
+        self._stopped = False
         self.loaded: dict[str, tuple[datetime, int]] = {}  # model -> (when it unloads, num_ctx): /api/ps
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -120,10 +137,9 @@ class FakeOllama:
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeOllama is not running; use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        if not self._port:
+            raise RuntimeError("FakeOllama has not started; use it as a context manager")
+        return f"http://127.0.0.1:{self._port}"  # also while stopped: the address it comes back on
 
     @property
     def chats(self) -> list[dict[str, Any]]:
@@ -131,22 +147,46 @@ class FakeOllama:
         with self._lock:
             return [r.body for r in self.requests if r.path == "/api/chat"]
 
-    def __enter__(self) -> FakeOllama:
+    def start(self) -> None:
+        """Listen (again, on the same port after `stop`)."""
+        if self._server is not None:
+            return
+        self._stopped = False
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", self._port), handler)  # allow_reuse_address is on
         self._server.daemon_threads = True
+        self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-ollama", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening: clients get connection refused until `start`. Requests held by `hang` are dropped
+        unanswered, and the hang ends."""
+        if self._server is None:
+            return
+        assert self._thread is not None
+        self._stopped = True
+        self._answering.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def hang(self, on: bool = True) -> None:
+        """While on, every request is read and then left unanswered (the client waits for its timeout)."""
+        if on:
+            self._answering.clear()
+        else:
+            self._answering.set()
+
+    def __enter__(self) -> FakeOllama:
+        self.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-        self._server = None
+        self.stop()
 
     def _record(self, method: str, path: str, body: dict[str, Any]) -> None:
         with self._lock:
@@ -164,6 +204,13 @@ class FakeOllama:
                 self.loaded[_canonical(model)] = (datetime.max.replace(tzinfo=UTC), num_ctx)
             else:
                 self.loaded[_canonical(model)] = (datetime.now(UTC) + timedelta(seconds=seconds), num_ctx)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # the client gave up (a timeout, a closed stream)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -210,7 +257,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _page_not_found(self) -> None:  # gin's default for a path it has no route for
         self._send_text(404, "404 page not found")
 
+    def _hang_while_asked(self) -> bool:
+        """Hold the request while the fake hangs (bounded, so no test can hang for good); False when the
+        server was stopped meanwhile and the connection is to be dropped unanswered."""
+        fake = self.fake
+        if not fake._answering.is_set():
+            fake._answering.wait(60)
+        if fake._stopped:
+            self.close_connection = True
+            return False
+        return True
+
     def do_HEAD(self) -> None:
+        if not self._hang_while_asked():
+            return
         if self.path in ("/", "/api/version", "/api/tags"):
             self._send_text(200, "", body=False)
         else:
@@ -218,6 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.fake._record("GET", self.path, {})
+        if not self._hang_while_asked():
+            return
         if self.path == "/":
             self._send_text(200, "Ollama is running")
         elif self.path == "/api/version":
@@ -242,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": f"invalid JSON: {exc}"})
             return
         self.fake._record("POST", self.path, body)
+        if not self._hang_while_asked():
+            return
         if self.path == "/api/chat":
             self._chat(body)
         elif self.path == "/api/show":
@@ -320,25 +384,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
+        drop_after = self.fake.drop_after
         try:
             for i, token in enumerate(tokens):
+                if drop_after is not None and i >= drop_after:
+                    self._cut()
+                    return
                 if self.fake.chunk_delay_s and i > 0:
                     time.sleep(self.fake.chunk_delay_s)
                 message = {"role": "assistant", "content": token}
                 self._chunk({"model": model, "created_at": _now(), "message": message, "done": False})
                 if i == 0 and self.fake.stream_error:
                     self._chunk({"error": self.fake.stream_error})
+                    self._end_body()
                     return
             empty = {"role": "assistant", "content": ""}
             self._chunk({"model": model, "created_at": _now(), "message": empty, **final})
+            self._end_body()
         except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
             return
-        finally:
-            try:
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+
+    def _end_body(self) -> None:
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _cut(self) -> None:
+        """Close the connection in the middle of the body, as a server process that dies does."""
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
 
     def _chunk(self, obj: dict[str, Any]) -> None:
         line = json.dumps(obj).encode() + b"\n"
