@@ -17,6 +17,7 @@ from .calculation import is_constant, needs_calculation, numbers_of, parse, rend
 from .chunks import ScoredChunk
 from .coverage import missing_terms
 from .grounding import checked_numbers, has_cited_statement, uncited_claims, unsupported_numbers
+from .injection import prompt_guard
 from .llm import LLM, Message, estimate_tokens
 from .numbers import find_numbers, same_number
 from .packing import pack_sources
@@ -50,6 +51,7 @@ __all__ = [  # with the prompt and citation helpers it is built on, importable f
 
 NOT_FOUND_MARK = "NOT_FOUND"
 REFUSAL_TEXT = "I could not find the answer to this question in the indexed documents."
+LEAK_TEXT = "The model's draft repeated the assistant's instructions and is not shown."
 CLOSEST = 3  # sources shown with a refusal
 @dataclass
 class Answer:
@@ -98,8 +100,8 @@ class Answerer:
     retrieval: RetrievalSettings
     llm_settings: LLMSettings
     grounding: GroundingSettings = field(default_factory=GroundingSettings)
-    prompt: Prompt = field(default_factory=lambda: load_prompt("answer_v2"))
-    calc_prompt: Prompt | None = field(default_factory=lambda: load_prompt("calc_v1"))
+    prompt: Prompt = field(default_factory=lambda: load_prompt("answer_v3"))
+    calc_prompt: Prompt | None = field(default_factory=lambda: load_prompt("calc_v2"))
 
     def prompt_for(self, question: str) -> Prompt:
         """The calculation prompt for questions that need arithmetic (when configured), else the answer prompt."""
@@ -181,23 +183,44 @@ class Answerer:
         yield from self.generate(draft, llm)
 
     def generate(self, draft: Draft, llm: LLM) -> Iterator[str | Answer]:
-        """Run the LLM over a draft's prompt: text pieces, then the Answer."""
+        """Run the LLM over a draft's prompt: text pieces, then the Answer.
+
+        A reply that repeats the system prompt (a source may ask for it) is withheld, and while it streams
+        the words that could begin such a repeat are held back until they cannot (`injection.PromptGuard`)."""
         timings = dict(draft.timings_ms)
         pieces: list[str] = []
         # A calculation reply (CALC/ANSWER lines) means nothing to a reader until the product has computed it:
         # it is not streamed; the finished answer with its working is sent as one piece instead.
         hold = draft.prompt is not None and draft.prompt is self.calc_prompt
+        system = next((m["content"] for m in draft.messages if m["role"] == "system"), None)
+        guard = prompt_guard(system) if system else None
+        sent, leaked = 0, False  # characters streamed; whether the reply repeats the system prompt
         t = time.perf_counter()
         for piece in llm.stream(draft.messages, max_tokens=self.llm_settings.max_tokens,
                                 temperature=self.llm_settings.temperature):
             if not pieces:
                 timings["first_token"] = _ms(t)
             pieces.append(piece)
-            if not hold:
+            if hold or leaked:
+                continue
+            if guard is None:
                 yield piece
+                continue
+            text = "".join(pieces)
+            leaked = guard.leaks(text)
+            safe = 0 if leaked else guard.safe_length(text)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
         timings["generate"] = _ms(t)
-        answer = self.finish("".join(pieces), draft.hits, llm.name, timings, shown=draft.shown,
-                             prompt=draft.prompt)
+        raw = "".join(pieces)
+        if guard is not None and (leaked or guard.leaks(raw)):
+            yield replace(self._leak_refusal(draft, llm.name, timings), inferred_filters=draft.inferred_filters,
+                          memory=draft.memory)
+            return
+        if guard is not None and not hold and sent < len(raw):
+            yield raw[sent:]
+        answer = self.finish(raw, draft.hits, llm.name, timings, shown=draft.shown, prompt=draft.prompt)
         if hold:
             yield answer.answer
         yield replace(answer, inferred_filters=draft.inferred_filters, memory=draft.memory)
@@ -288,6 +311,14 @@ class Answerer:
         quoted = [n for n in find_numbers(expression or "") if not is_constant(n)]
         missing = [n.text for n in quoted if not any(same_number(src, n) for src in sources)]
         return f"calculated with figures no source prints ({', '.join(missing)})" if missing else None
+
+    def _leak_refusal(self, draft: Draft, model: str, timings: dict[str, int]) -> Answer:
+        """The answer instead of a reply that repeats the system prompt; the reply itself is not kept."""
+        log.warning("withholding an answer: the model's reply repeats its system prompt")
+        prompt = draft.prompt or self.prompt
+        return Answer(f"{REFUSAL_TEXT} {LEAK_TEXT}", [], list(draft.hits), True, model, prompt.version, timings,
+                      ["withheld: the model's reply repeated its system prompt (a source may have asked for it)"],
+                      closest=closest_sources(draft.hits))
 
     def _withhold(self, reason: str, text: str, hits: Sequence[ScoredChunk], model: str, prompt: Prompt,
                   timings: dict[str, int], calculation: dict[str, Any] | None) -> Answer:

@@ -19,6 +19,7 @@ from .llm import LLM
 from .records import AnswerLog
 from .rewriting import Rewriter
 from .store import Filters, build_filter
+from .tenancy import DEFAULT_TENANT, TENANT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class ChatService:
     def stream(
         self, question: str, *, collection: str | None = None, filters: Filters | None = None,
         top_k: int | None = None, conversation_id: str | None = None, history: Sequence[Turn] | None = None,
-        model: str | None = None,
+        model: str | None = None, tenant: str | None = None,
     ) -> Iterator[str | RecordedAnswer]:
         """Check the request now (errors raise before anything streams), then return an iterator of the
         answer's text pieces ending with the RecordedAnswer.
@@ -87,6 +88,8 @@ class ChatService:
         `conversation_id`: continue a stored conversation (its turns are the history); without one a new
         conversation is started when a conversation store is configured. `history`: turns given by the
         client instead (the OpenAI-compatible endpoint). `model`: a generator other than the default.
+        `tenant`: whose request it is (None: unscoped): retrieval is filtered to its chunks in the store, a
+        conversation of another tenant is unknown, and the answer and conversation are recorded as its own.
         """
         question = checked_question(question, self.max_question_chars)
         build_filter(filters)  # validate before any work is done
@@ -94,15 +97,16 @@ class ChatService:
         turns: list[Turn] = list(history or [])
         if self.conversations is not None:
             if conversation_id:
-                turns = self.conversations.history(conversation_id, limit=self.history_turns) + turns
+                turns = self.conversations.history(conversation_id, limit=self.history_turns,
+                                                   tenant=tenant) + turns
             else:
-                conversation_id = self.conversations.start(collection)
+                conversation_id = self.conversations.start(collection, tenant=tenant or DEFAULT_TENANT)
         llm = self.llm_for(model, collection) if self.llm_for is not None else None
-        return self._run(question, collection, filters, top_k, conversation_id, turns, llm)
+        return self._run(question, collection, filters, top_k, conversation_id, turns, llm, tenant)
 
     def _run(
         self, question: str, collection: str, filters: Filters | None, top_k: int | None,
-        conversation_id: str | None, turns: list[Turn], llm: LLM | None,
+        conversation_id: str | None, turns: list[Turn], llm: LLM | None, tenant: str | None = None,
     ) -> Iterator[str | RecordedAnswer]:
         started = time.perf_counter()
         standalone = question
@@ -114,7 +118,8 @@ class ChatService:
             if standalone != question:
                 log.info("follow-up rewritten in %d ms: %r -> %r", rewrite_ms, question, standalone)
         answer: Answer | None = None
-        for event in self.answerer.stream(standalone, collection, top_k=top_k, filters=filters, llm=llm):
+        searched = {**(filters or {}), TENANT_FIELD: tenant} if tenant is not None else filters  # in the store
+        for event in self.answerer.stream(standalone, collection, top_k=top_k, filters=searched, llm=llm):
             if isinstance(event, Answer):
                 answer = event
             else:
@@ -127,6 +132,7 @@ class ChatService:
             answer, question=question, collection=collection, filters=filters, latency_ms=latency_ms,
             conversation_id=conversation_id, standalone_question=standalone,
             versions=self.versions(collection) if self.versions is not None else None,
+            tenant=tenant or DEFAULT_TENANT,
         )
         log.info("answer %s in %d ms (%s) refused=%s", answer_id, latency_ms, answer.timings_ms, answer.refused)
         yield RecordedAnswer(answer_id, answer, latency_ms, conversation_id, question, standalone)

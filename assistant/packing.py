@@ -11,8 +11,8 @@ order:
   table piece with the table's caption, units and column headers), so no row is ever cut and the rows kept
   stay under their headers. Only a line of running text is cut inside, between words, and only when not
   even the first line fits;
-- each source costs its header line (`answering.source_header`), its text and the blank line that
-  separates it from the next.
+- each source costs its whole block (`sources.source_block`: the `<source>` tags, its header line and its
+  text, quoted) and the blank line that separates it from the next.
 
 Counting is the model's (`LlamaCppLLM.count_tokens`: its own tokenizer; `OllamaLLM.count_tokens`: an
 estimate). Counting the pieces apart can differ by a token or two at each join from counting the whole
@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from .chunks import ScoredChunk
+from .sources import source_block
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ def pack_sources(
     count: the model's token counter (`llm.count_tokens`).
     margin_tokens: kept free besides, for the chat template and for joins counted apart.
     """
-    from .answering import source_header  # answering packs its prompts with this module
-
     if not hits:
         return []
     room = context_tokens - answer_tokens - fixed_tokens - margin_tokens
@@ -71,13 +70,13 @@ def pack_sources(
     texts: list[str] = []
     for n, hit in enumerate(hits, start=1):
         text = hit.chunk.text.strip()
-        cost = count(f"{source_header(n, hit)}\n{text}") + separator
+        cost = count(source_block(n, hit, text)) + separator
         if cost > room:
             break
         texts.append(text)
         room -= cost
     if not texts:  # not even the best source fits whole: show as much of it as there is room for
-        header = count(source_header(1, hits[0]) + "\n") + separator
+        header = count(source_block(1, hits[0], "")) + separator
         texts.append(cut_to_fit(hits[0].chunk.text.strip(), room - header, count))
         log.info("packing: the best source was cut to %d of %d characters to fit %d tokens of context",
                  len(texts[0]), len(hits[0].chunk.text.strip()), context_tokens)

@@ -7,6 +7,7 @@
     python -m eval report RUN_DIR
     python -m eval tatqa tatqa_dataset_dev.json --out DIR [--sample N] [--seed S]
     python -m eval feedback-export --out DIR [--collection NAME] [--since ISO] [--heldout-percent 20] [--no-text]
+    python -m eval injection [--set eval/sets/injection] [--model NAME] [--prompt NAME] [--out DIR]
 
 Settings (data dir, Qdrant, embedder, LLM) come from the environment as for the assistant.
 Exit status: 0 done, 1 the assistant could not serve (e.g. unknown collection), 2 bad arguments or file.
@@ -33,7 +34,7 @@ from assistant.retrieval import RETRIEVAL_MODES
 from assistant.settings import Settings
 from assistant.store import build_filter, integer_value
 
-from . import compare, feedback_export, fusion_tune, learn, refusal_calibrate, report, rerank_train, simulate
+from . import compare, feedback_export, fusion_tune, injection, learn, refusal_calibrate, report, rerank_train, simulate
 from .judge import Judge, load_judge_prompt
 from .questions import QuestionFileError, load_questions, sample_in_order
 from .results import RESULTS_FILE, default_run_dir, write_json, write_run
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="play users on a question set, then measure feedback memory and learned models"))
     feedback_export.configure_parser(commands.add_parser(
         "feedback-export", help="turn user feedback into golden evaluation cases and fine-tuning pairs"))
+    injection.configure_parser(commands.add_parser(
+        "injection", help="hostile documents: are instructions hidden in documents followed, the prompt leaked?"))
     tatqa = commands.add_parser("tatqa", help="build the TAT-QA answer set (documents + questions.jsonl)")
     tatqa.add_argument("source", type=Path, help="tatqa_dataset_dev.json (or another TAT-QA split)")
     tatqa.add_argument("--out", type=Path, required=True, help="folder for documents/ and questions.jsonl")
@@ -308,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate.run_command(args, settings)
     if args.command == "learn":
         return learn.run_command(args, settings)
+    if args.command == "injection":
+        return injection.run_command(args, settings)
     if args.command == "feedback-export":
         try:
             return feedback_export.run_command(args, settings)

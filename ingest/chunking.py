@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from llama_index.core.node_parser import SentenceSplitter
 
 from assistant.chunks import Chunk
+from assistant.injection import detect
 
 from .loading import LoadedDocument
 from .tables import cut_table, is_table_row, split_tables
@@ -406,6 +407,9 @@ class Chunker:
                 extra["heading"] = heading
             if len(sections) > 1:
                 extra["sections"] = sections
+            found = detect("\n".join(filter(None, (doc.title, heading, text))))
+            if found is not None:  # instruction-like text (prompt injection): the prompt marks it as quoted text
+                extra["injection"], extra["injection_text"] = list(found.kinds), found.snippet
             section = sections[0] if len(sections) == 1 else (f"{sections[0]}–{sections[-1]}" if sections else None)
             chunks.append(Chunk(
                 text=text, source=doc.source, doc_id=doc_id, chunk_index=i, page_start=page, page_end=page,

@@ -17,6 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 import time
 import uuid
 from collections import deque
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -37,8 +40,9 @@ from assistant.chunks import passage_text
 from assistant.components import Components
 from assistant.db import checked_collection, documents, storable
 from assistant.embedding import embedder_name
+from assistant.tenancy import DEFAULT_TENANT, CollectionOwners
 
-from .loading import SUPPORTED, LoadedDocument, LoadError, PdfParser, load
+from .loading import SUPPORTED, Limits, LoadedDocument, LoadError, PdfParser, load
 
 if TYPE_CHECKING:
     from .chunking import Chunker
@@ -47,7 +51,7 @@ log = logging.getLogger(__name__)
 
 _DOC_NAMESPACE = uuid.UUID("0b5d3c52-2f4e-4b43-a1a4-3f0e6c6f9a11")
 # Bump when parsing or chunking changes what a file turns into: every document is then re-indexed.
-PARSER_VERSION = "11"
+PARSER_VERSION = "12"  # 12: chunks flagged for instruction-like text (assistant.injection)
 
 
 @dataclass
@@ -114,6 +118,7 @@ class _Plan:
     doc_id: str
     file_hash: str
     known: bool  # the registry has an earlier version
+    tenant: str = DEFAULT_TENANT  # the collection's owner: every chunk carries it (assistant.tenancy)
 
 
 @contextmanager
@@ -122,11 +127,23 @@ def _parser(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers <= 0:
         yield None
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a parse-ahead worker: end when the ingest that started it ends, even killed (SIGKILL, the OOM killer),
+    instead of living on orphaned. Linux only (PR_SET_PDEATHSIG); elsewhere the pool's own checks apply."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
 
 
 def doc_id_for(collection: str, path: Path) -> str:
@@ -188,6 +205,11 @@ class Ingestor:
     def pdf_parser(self) -> PdfParser:
         return self.components.settings.ingest.pdf_parser
 
+    @property
+    def limits(self) -> Limits:
+        """Size, pages, parse time and memory one file may take (INGEST_MAX_MB, INGEST_PARSE_TIMEOUT_S …)."""
+        return Limits.of(self.components.settings.ingest)
+
     def pipeline(self, path: Path) -> str:
         """Fingerprint of everything besides the file that decides its chunks and vectors (the PDF parser: for PDFs)."""
         c = self.components.settings.chunking
@@ -216,7 +238,7 @@ class Ingestor:
             for path, plan in planned:
                 while parse_ahead is not None and to_parse and len(parsing) <= workers:  # bounded read-ahead
                     ahead = to_parse.popleft()
-                    parsing[ahead] = parse_ahead.submit(load, ahead, self.pdf_parser)
+                    parsing[ahead] = parse_ahead.submit(load, ahead, self.pdf_parser, self.limits)
                 bar.set_postfix_str(path.name[:40])
                 if isinstance(plan, FileOutcome):
                     report.add(plan)
@@ -229,6 +251,11 @@ class Ingestor:
         report.seconds = time.perf_counter() - started
         log.info("ingest into %s done in %.1fs", collection, report.seconds)
         return report
+
+    def needs_indexing(self, path: Path, collection: str) -> bool:
+        """Whether ingesting `path` into `collection` would index anything: not when the registry and the index
+        hold it as it is (hash, pipeline, chunk count), nor when it cannot be read. Nothing is parsed."""
+        return isinstance(self._plan(path, collection), _Plan)
 
     def ingest_file(self, path: Path, collection: str, *, progress: bool = False) -> FileOutcome:
         """Ingest one file into `collection`; a file that cannot be read comes back `failed` with the reason."""
@@ -266,7 +293,8 @@ class Ingestor:
         if (row and row["file_hash"] == file_hash and row["pipeline"] == self.pipeline(path)
                 and self.store.count(physical, doc_id) == row["chunks"]):
             return FileOutcome(path, doc_id, "unchanged", pages=row["pages"] or 0, chunks=row["chunks"])
-        return _Plan(collection, physical, doc_id, file_hash, known=row is not None)
+        return _Plan(collection, physical, doc_id, file_hash, known=row is not None,
+                     tenant=CollectionOwners(self.engine).owner(collection))
 
     def _index_parsed(self, path: Path, plan: _Plan, parsed: Future[LoadedDocument] | None,
                       progress: bool) -> FileOutcome:
@@ -279,10 +307,10 @@ class Ingestor:
 
     def _load(self, path: Path) -> LoadedDocument:
         self._progress(path, "parsing")
-        return load(path, self.pdf_parser)
+        return load(path, self.pdf_parser, self.limits)
 
     def _index(self, path: Path, plan: _Plan, doc: LoadedDocument, progress: bool) -> FileOutcome:
-        chunks = self.chunker.chunk(doc, plan.doc_id, plan.file_hash)
+        chunks = [replace(c, tenant=plan.tenant) for c in self.chunker.chunk(doc, plan.doc_id, plan.file_hash)]
         if not chunks:
             raise LoadError("no text to index after chunking")
         embedder = self.components.embedder_for(plan.collection)
@@ -298,7 +326,10 @@ class Ingestor:
                 self.store.upsert(plan.physical, part, vectors, sparse)
                 bar.update(len(part))
                 self._progress(path, "embedding", start + len(part), len(chunks))
-        self.store.delete_document(plan.physical, plan.doc_id, keep_file_hash=plan.file_hash)
+        # Other versions' chunks, and this version's past the last one (a chunking that made more): the index
+        # then holds exactly `chunks`, before the registry says so (a crash before this line is redone next run).
+        self.store.delete_document(plan.physical, plan.doc_id, keep_file_hash=plan.file_hash,
+                                   keep_chunks=len(chunks))
         record = {
             "collection": plan.collection, "path": storable(str(path.resolve())), "source": storable(doc.source),
             "title": storable(doc.title) if doc.title else doc.title,

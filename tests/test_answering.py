@@ -19,7 +19,7 @@ from assistant.settings import LLMSettings, RetrievalSettings
 from assistant.sources import ANSWER_REMINDER, SNIPPET_CHARS, build_messages, extract_citations
 from assistant.store import VectorStore
 
-PROMPT = load_prompt("answer_v2")
+PROMPT = load_prompt("answer_v3")
 
 
 def hit(n: int, text: str = "", **chunk: Any) -> ScoredChunk:

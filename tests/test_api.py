@@ -49,7 +49,7 @@ FEES_Q = "In which currency must fees payable to the Regulator be paid?"
 FEES_RULE = "1.2.5"
 OFF_TOPIC_Q = "What is the boiling point of mercury in Kelvin?"
 NO_SOURCE_WARNING = "cites no source"
-PROMPT = load_prompt("answer_v2")
+PROMPT = load_prompt("answer_v3")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -476,7 +476,8 @@ def test_ollama_backend_answers_through_the_app(fake_ollama: FakeOllama, sample_
     system, user = chat["messages"]
     assert system == {"role": "system", "content": PROMPT.text}
     assert user["role"] == "user"
-    header = user["content"].removeprefix("Sources:\n\n").splitlines()[0]
+    opening, header = user["content"].removeprefix("Sources:\n\n").splitlines()[:2]
+    assert opening == '<source n="1">', opening  # every source is delimited as quoted data
     assert header.startswith(f"[1] ({first['source']}, ") and header.endswith(f"{first['section']})"), header
     assert f"p. {first['pages'][0]}" in header
     # sources are packed best first into RETRIEVAL_CONTEXT_TOKENS: a prefix of the retrieved ranking is shown

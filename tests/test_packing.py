@@ -18,6 +18,7 @@ from assistant.llm import LlamaCppLLM
 from assistant.models import fetch
 from assistant.packing import cut_to_fit, is_table_row, pack_sources
 from assistant.prompts import load_prompt
+from assistant.sources import source_block
 
 
 def words(text: str) -> int:
@@ -57,8 +58,8 @@ def prose(n: int, length: int) -> ScoredChunk:
 
 
 def cost(texts: list[str], hits: list[ScoredChunk]) -> int:
-    """What the shown sources cost by the packing rule: header line, text and separator each."""
-    return sum(words(f"{source_header(n, h)}\n{t}") + words("\n\n")
+    """What the shown sources cost by the packing rule: the block (tags, header line, text) and separator each."""
+    return sum(words(source_block(n, h, t)) + words("\n\n")
                for n, (h, t) in enumerate(zip(hits, texts, strict=False), start=1))
 
 
