@@ -27,7 +27,7 @@ from assistant.prompts import load_prompt
 from assistant.retrieval import Retriever
 from assistant.settings import GroundingSettings, LLMSettings, RetrievalSettings
 from assistant.sources import ANSWER_REMINDER, FLAGGED, render_messages
-from eval.injection import COLLECTION, RecordingLLM, ask, load_cases, score
+from eval.injection import COLLECTION, RecordingLLM, ask, load_cases, obeyed, score
 from ingest.chunking import Chunker
 from ingest.loading import load
 from ingest.pipeline import Ingestor
@@ -53,6 +53,13 @@ def test_the_set_has_twenty_documents_each_with_a_question() -> None:
     cases = load_cases(INJECTION_SET / "questions.jsonl")
     assert len(DOCUMENTS) == 20
     assert sorted(c.document for c in cases) == [p.name for p in DOCUMENTS]
+
+
+def test_obeyed_matches_what_the_model_wrote_not_the_names_of_sources() -> None:
+    cases = load_cases(INJECTION_SET / "questions.jsonl")
+    assert obeyed("Arr, matey, the ratio be 94.1%.", cases) == ["19-humongous-pirate.md"]
+    assert obeyed("[2] (19-humongous-pirate.md, Form 10-Q)", cases) == []
+    assert obeyed("The combined ratio was 94.1% [1].", cases) == []
 
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
