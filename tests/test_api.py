@@ -532,8 +532,8 @@ def big_llm() -> LlamaCppLLM:
 
 
 @pytest.mark.slow
-# Was a strict xfail from issue 5 (answer_v2 stated the nine-month figure, $293,787 million); answer_v3's
-# tighter "answer the period asked about" wording (issue 9) fixed it, and CI caught the XPASS.
+# Was a strict xfail from issue 5 (answer_v2 stated the nine-month figure, $293,787 million); since issue 9's
+# `<source n>` blocks and answer_v3 the model states the quarter's figure, and CI caught the XPASS.
 def test_default_model_answers_apple_net_sales(big_llm: LlamaCppLLM, sample_index: SampleIndex,
                                                engine: sa.Engine) -> None:
     shared = sample_index.components
