@@ -186,7 +186,10 @@ class Answerer:
         """Run the LLM over a draft's prompt: text pieces, then the Answer.
 
         A reply that repeats the system prompt (a source may ask for it) is withheld, and while it streams
-        the words that could begin such a repeat are held back until they cannot (`injection.PromptGuard`)."""
+        the words that could begin such a repeat are held back until they cannot (`injection.PromptGuard`).
+        A calculation reply is not streamed, and only its CALC and ANSWER lines can reach the reader: the guard
+        checks the answer made from them (a model that appends the prompt's formula list after a good
+        calculation has not shown it to anyone)."""
         timings = dict(draft.timings_ms)
         pieces: list[str] = []
         # A calculation reply (CALC/ANSWER lines) means nothing to a reader until the product has computed it:
@@ -214,13 +217,17 @@ class Answerer:
                 sent = safe
         timings["generate"] = _ms(t)
         raw = "".join(pieces)
-        if guard is not None and (leaked or guard.leaks(raw)):
+        if guard is not None and (leaked or (not hold and guard.leaks(raw))):
             yield replace(self._leak_refusal(draft, llm.name, timings), inferred_filters=draft.inferred_filters,
                           memory=draft.memory)
             return
         if guard is not None and not hold and sent < len(raw):
             yield raw[sent:]
         answer = self.finish(raw, draft.hits, llm.name, timings, shown=draft.shown, prompt=draft.prompt)
+        if hold and guard is not None and guard.leaks("\n".join([answer.answer, *answer.warnings])):
+            yield replace(self._leak_refusal(draft, llm.name, timings), inferred_filters=draft.inferred_filters,
+                          memory=draft.memory)
+            return
         if hold:
             yield answer.answer
         yield replace(answer, inferred_filters=draft.inferred_filters, memory=draft.memory)

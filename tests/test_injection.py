@@ -23,7 +23,7 @@ from assistant.components import Components
 from assistant.embedding import SentenceTransformerEmbedder
 from assistant.injection import LEAK_WORDS, REDACTED, PromptGuard, detect, quoted, redact
 from assistant.llm import LlamaCppLLM
-from assistant.prompts import load_prompt
+from assistant.prompts import Prompt, load_prompt
 from assistant.retrieval import Retriever
 from assistant.settings import GroundingSettings, LLMSettings, RetrievalSettings
 from assistant.sources import ANSWER_REMINDER, FLAGGED, render_messages
@@ -247,14 +247,18 @@ class ScriptedLLM:
         yield from re.findall(r"\S+\s*", self.reply)
 
 
-def generate(reply: str) -> tuple[str, Answer]:
+CALC_PROMPT = load_prompt("calc_v2")
+
+
+def generate(reply: str, prompt: Prompt = PROMPT) -> tuple[str, Answer]:
     answerer = Answerer.__new__(Answerer)
-    answerer.prompt, answerer.calc_prompt = PROMPT, load_prompt("calc_v2")
+    answerer.prompt, answerer.calc_prompt = PROMPT, CALC_PROMPT
     answerer.grounding = GroundingSettings(_env_file=None)
     answerer.llm_settings = LLMSettings(_env_file=None)
-    hits = [hit(1, "Net sales were $81,797 million.")]
-    messages = render_messages(PROMPT, "What were net sales?", hits, [hits[0].chunk.text])
-    events = list(answerer.generate(Draft(hits, messages, 1, {}, None, prompt=PROMPT), ScriptedLLM(reply)))
+    hits = [hit(1, "Net sales were $81,797 million. Other operating expense was $165 million and $244 million "
+                   "for Q3 2022 and Q3 2023.")]
+    messages = render_messages(prompt, "What were net sales?", hits, [hits[0].chunk.text])
+    events = list(answerer.generate(Draft(hits, messages, 1, {}, None, prompt=prompt), ScriptedLLM(reply)))
     answer = events[-1]
     assert isinstance(answer, Answer)
     return "".join(e for e in events if isinstance(e, str)), answer
@@ -280,6 +284,25 @@ def test_an_ordinary_reply_streams_whole_and_is_kept() -> None:
     streamed, answer = generate(reply)
     assert streamed == reply
     assert not answer.refused and answer.answer == reply
+
+
+def test_a_calculation_followed_by_the_prompts_formula_list_is_answered_without_it() -> None:
+    # The 1.5B model's reply to sec10q-055 (Amazon's other operating expense): a good calculation, then a copy of
+    # calc_v2's formula line. Only the CALC and ANSWER lines reach the reader, so the answer stands, without it.
+    formulas = next(line for line in CALC_PROMPT.text.splitlines() if line.startswith("Formulas:"))
+    reply = ("CALC: (244 - 165) / 165 * 100\nANSWER: Other operating expense increased by RESULT% from Q3 2022 to "
+             f"Q3 2023.\n{formulas}")
+    streamed, answer = generate(reply, CALC_PROMPT)
+    assert not answer.refused, answer
+    assert "47.88" in answer.answer and "Formulas" not in answer.answer + streamed
+    assert not PromptGuard(CALC_PROMPT.text).leaks(streamed)
+
+
+def test_a_calculation_whose_answer_line_repeats_the_prompt_is_withheld() -> None:
+    reply = f"CALC: (244 - 165) / 165 * 100\nANSWER: {' '.join(CALC_PROMPT.text.split()[:40])} RESULT%"
+    streamed, answer = generate(reply, CALC_PROMPT)
+    assert answer.refused and answer.answer == f"{REFUSAL_TEXT} {LEAK_TEXT}"
+    assert not PromptGuard(CALC_PROMPT.text).leaks(streamed)
 
 
 def test_the_guard_needs_a_long_run_of_the_prompt() -> None:
