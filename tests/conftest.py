@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -28,11 +29,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from postgres import PostgresServer
 
+from assistant.answering import Answerer
 from assistant.components import Components
 from assistant.embedding import SentenceTransformerEmbedder
 from assistant.llm import LlamaCppLLM
 from assistant.models import fetch
-from assistant.settings import AuthSettings, Settings
+from assistant.prompts import Prompt
+from assistant.settings import AuthSettings, GroundingSettings, LLMSettings, Settings
 from ingest.pipeline import Ingestor, IngestReport
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,3 +125,26 @@ def serve(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+class ScriptedLLM:
+    """The LLM seam with a fixed reply, streamed word by word: for the answerer's own logic (the generators
+    themselves are tested elsewhere, and a model cannot be made to say a given thing on cue)."""
+
+    name = "scripted"
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+    def stream(self, messages: object, *, max_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
+        yield from re.findall(r"\S+\s*", self.reply)
+
+
+def bare_answerer(prompt: Prompt, calc_prompt: Prompt) -> Answerer:
+    """An Answerer with only its prompts and default grounding/LLM settings: enough for `finish` and
+    `generate` over a hand-made Draft, without retrieval."""
+    answerer = Answerer.__new__(Answerer)
+    answerer.prompt, answerer.calc_prompt = prompt, calc_prompt
+    answerer.grounding = GroundingSettings(_env_file=None)
+    answerer.llm_settings = LLMSettings(_env_file=None)
+    return answerer

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-
 import pytest
+from conftest import ScriptedLLM, bare_answerer
 
 from assistant.answering import REFUSAL_TEXT, Answer, Answerer, Draft
 from assistant.calc import CalculationError, evaluate, format_value, pretty
@@ -15,7 +13,7 @@ from assistant.coverage import covered_years, missing_terms, salient_terms
 from assistant.grounding import uncited_claims, unsupported_numbers
 from assistant.prompts import load_prompt
 from assistant.query import DocumentFacets, Facets, collection_facets
-from assistant.settings import GroundingSettings, LLMSettings
+from assistant.settings import GroundingSettings
 from assistant.sources import attribute_statements
 
 TABLE = ("Total net sales (three months ended July 1, 2023) 81,797 (three months ended June 25, 2022) 82,959 "
@@ -88,9 +86,7 @@ def test_bad_calculation_is_reported_not_run() -> None:
 
 
 def test_finish_computes_calculation_and_checks_numbers() -> None:
-    answerer = Answerer.__new__(Answerer)  # finish() needs only the prompts
-    answerer.prompt, answerer.calc_prompt = load_prompt("answer_v2"), load_prompt("calc_v1")
-    answerer.grounding = GroundingSettings(_env_file=None)
+    answerer = bare_answerer(load_prompt("answer_v2"), load_prompt("calc_v1"))
     raw = "CALC: (81,797 - 82,959) / 82,959 * 100\nANSWER: Net sales changed by RESULT%."
     answer = answerer.finish(raw, [hit(TABLE)], "m", {}, prompt=answerer.calc_prompt)
     assert "-1.40%" in answer.answer and answer.citations and answer.citations[0].n == 1
@@ -159,27 +155,12 @@ def test_rules_and_collection_names_come_from_the_facets() -> None:
     assert covered_years(Facets((DocumentFacets(source="COBS.txt"),))) is None
 
 
-class ScriptedLLM:
-    """The LLM seam with a fixed reply, streamed word by word (the generator itself is tested elsewhere)."""
-
-    name = "scripted"
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-
-    def stream(self, messages: object, *, max_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
-        yield from re.findall(r"\S+\s*", self.reply)
-
-
 def drafted(answerer: Answerer, prompt: object) -> Draft:
     return Draft([hit(TABLE)], [{"role": "user", "content": "q"}], 1, {"retrieve": 1}, None, prompt=prompt)
 
 
 def test_answers_stream_as_generated_but_calculations_only_when_computed() -> None:
-    answerer = Answerer.__new__(Answerer)
-    answerer.prompt, answerer.calc_prompt = load_prompt("answer_v2"), load_prompt("calc_v1")
-    answerer.grounding = GroundingSettings(_env_file=None)
-    answerer.llm_settings = LLMSettings(_env_file=None)
+    answerer = bare_answerer(load_prompt("answer_v2"), load_prompt("calc_v1"))
     plain = list(answerer.generate(drafted(answerer, answerer.prompt),
                                    ScriptedLLM("Net sales were $81,797 million [1].")))
     assert [e for e in plain if isinstance(e, str)] == ["Net ", "sales ", "were ", "$81,797 ", "million ", "[1]."]
@@ -212,9 +193,7 @@ def test_uncited_sentences_are_attributed_to_the_source_holding_their_words() ->
 
 
 def test_calculations_over_figures_no_source_prints_are_withheld() -> None:
-    answerer = Answerer.__new__(Answerer)
-    answerer.prompt, answerer.calc_prompt = load_prompt("answer_v2"), load_prompt("calc_v1")
-    answerer.grounding = GroundingSettings(_env_file=None)
+    answerer = bare_answerer(load_prompt("answer_v2"), load_prompt("calc_v1"))
     invented = answerer.finish("CALC: (4,638 - 5.2) / 5.2 * 100\nANSWER: It changed by RESULT%.", [hit(TABLE)],
                                "m", {}, prompt=answerer.calc_prompt)
     assert invented.refused and "4,638" in invented.answer and invented.closest

@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import REPO, SAMPLES, shared_path
+from conftest import REPO, SAMPLES, ScriptedLLM, bare_answerer, shared_path
 
 from assistant.answering import LEAK_TEXT, REFUSAL_TEXT, Answer, Answerer, Draft
 from assistant.chunks import Chunk, ScoredChunk
@@ -25,7 +24,7 @@ from assistant.injection import LEAK_WORDS, REDACTED, PromptGuard, detect, quote
 from assistant.llm import LlamaCppLLM
 from assistant.prompts import Prompt, load_prompt
 from assistant.retrieval import Retriever
-from assistant.settings import GroundingSettings, LLMSettings, RetrievalSettings
+from assistant.settings import LLMSettings, RetrievalSettings
 from assistant.sources import ANSWER_REMINDER, FLAGGED, render_messages
 from eval.injection import COLLECTION, RecordingLLM, ask, load_cases, obeyed, score
 from ingest.chunking import Chunker
@@ -235,26 +234,11 @@ def test_quoted_leaves_ordinary_text_alone() -> None:
 # --- the output guard ------------------------------------------------------------------------------------
 
 
-class ScriptedLLM:
-    """The LLM seam with a fixed reply, word by word: a model cannot be made to leak on cue."""
-
-    name = "scripted"
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-
-    def stream(self, messages: object, *, max_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
-        yield from re.findall(r"\S+\s*", self.reply)
-
-
 CALC_PROMPT = load_prompt("calc_v2")
 
 
 def generate(reply: str, prompt: Prompt = PROMPT) -> tuple[str, Answer]:
-    answerer = Answerer.__new__(Answerer)
-    answerer.prompt, answerer.calc_prompt = PROMPT, CALC_PROMPT
-    answerer.grounding = GroundingSettings(_env_file=None)
-    answerer.llm_settings = LLMSettings(_env_file=None)
+    answerer = bare_answerer(PROMPT, CALC_PROMPT)
     hits = [hit(1, "Net sales were $81,797 million. Other operating expense was $165 million and $244 million "
                    "for Q3 2022 and Q3 2023.")]
     messages = render_messages(prompt, "What were net sales?", hits, [hits[0].chunk.text])
