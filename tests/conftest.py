@@ -106,6 +106,27 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture
+def unresponsive_port() -> Iterator[int]:
+    """A loopback port whose listen queue is full: connecting hangs, as with a host that drops packets."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            time.sleep(0.1)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
     """`app` served by uvicorn on a free loopback port, in a thread; yields its base URL."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -383,23 +382,9 @@ def test_postgres_statements_past_the_timeout_are_cancelled(postgres_server: Pos
     unlimited.dispose()
 
 
-def test_postgres_that_does_not_accept_connections_fails_within_the_connect_timeout() -> None:
+def test_postgres_that_does_not_accept_connections_fails_within_the_connect_timeout(unresponsive_port: int) -> None:
     """A host that never completes the handshake (its listen queue is full): connect() gives up in seconds."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
-        try:
-            started = time.monotonic()
-            with pytest.raises(sa.exc.OperationalError, match="timeout"):
-                connect(f"postgresql://finrag@127.0.0.1:{port}/finrag", connect_timeout_s=2)
-            assert time.monotonic() - started < 10  # libpq's least timeout is 2 s (per address tried)
-        finally:
-            for filler in fillers:
-                filler.close()
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError, match="timeout"):
+        connect(f"postgresql://finrag@127.0.0.1:{unresponsive_port}/finrag", connect_timeout_s=2)
+    assert time.monotonic() - started < 10  # libpq's least timeout is 2 s (per address tried)
