@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,10 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # also when imported by file (tests/test_feedback_durability.py)
+
+from load_bench import free_port  # noqa: E402
+from load_bench import start_server as serve  # noqa: E402
 
 from assistant.answering import Answer  # noqa: E402
 from assistant.db import connect, feedback  # noqa: E402
@@ -170,34 +173,12 @@ def check(votes: Sequence[dict[str, Any]], stored: dict[Key, dict[str, Any]]) ->
 # --- the benchmark --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     llm = REPO / "data" / "models" / "qwen2.5-coder-0.5b-instruct.gguf"  # loaded at start-up; votes need no model
-    full = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            **({"LLM_MODEL": str(llm)} if llm.exists() else {}), **env}
-    log = (data_dir / "server.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "assistant"], cwd=REPO, env=full, stdout=log, stderr=log,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {(data_dir / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code in (200, 503):
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise SystemExit("the server did not start in 300 s")
+    server = serve(port, {"DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+                          **({"LLM_MODEL": str(llm)} if llm.exists() else {}), **env}, data_dir / "server.log")
+    return server, f"http://127.0.0.1:{port}"
 
 
 def run(database: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:

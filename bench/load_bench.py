@@ -22,6 +22,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,22 +40,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen([sys.executable, "-m", "assistant"], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, env={**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
-                                                           "LOG_LEVEL": "WARNING", **env})
+def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m assistant` on loopback `port` with `env` over this environment, in its own process group (a
+    caller may kill the group), its output appended to `log`; returns once /health answers (200 or 503)."""
+    with log.open("ab") as out:
+        server = subprocess.Popen([sys.executable, "-m", "assistant"], cwd=REPO, stdout=out, stderr=out,
+                                  start_new_session=True, env={**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
+                                                               "LOG_LEVEL": "WARNING", **env})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"server exited: {(server.stderr.read() if server.stderr else b'').decode()[-2000:]}")
+            raise SystemExit(f"server exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code in (200, 503):
                 return server
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(0.5)
     server.kill()
-    raise SystemExit("server did not start in 300 s")
+    raise SystemExit(f"server did not start in 300 s (log: {log})")
 
 
 def api_key(env: dict[str, str]) -> str:
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(e.split("=", 1) for e in args.env)
     port = free_port()
     headers = {"Authorization": f"Bearer {api_key(env)}"}
-    server = start_server(port, env)
+    server = start_server(port, env, Path(tempfile.gettempdir()) / f"finrag-load-bench-{port}.log")
     url = f"http://127.0.0.1:{port}"
     try:
         httpx.post(f"{url}/v1/retrieve", json={"question": "warm up", **({"collection": args.collection}
