@@ -218,15 +218,13 @@ class Answerer:
         timings["generate"] = _ms(t)
         raw = "".join(pieces)
         if guard is not None and (leaked or (not hold and guard.leaks(raw))):
-            yield replace(self._leak_refusal(draft, llm.name, timings), inferred_filters=draft.inferred_filters,
-                          memory=draft.memory)
+            yield self._leak_refusal(draft, llm.name, timings)
             return
         if guard is not None and not hold and sent < len(raw):
             yield raw[sent:]
         answer = self.finish(raw, draft.hits, llm.name, timings, shown=draft.shown, prompt=draft.prompt)
         if hold and guard is not None and guard.leaks("\n".join([answer.answer, *answer.warnings])):
-            yield replace(self._leak_refusal(draft, llm.name, timings), inferred_filters=draft.inferred_filters,
-                          memory=draft.memory)
+            yield self._leak_refusal(draft, llm.name, timings)
             return
         if hold:
             yield answer.answer
@@ -325,7 +323,8 @@ class Answerer:
         prompt = draft.prompt or self.prompt
         return Answer(f"{REFUSAL_TEXT} {LEAK_TEXT}", [], list(draft.hits), True, model, prompt.version, timings,
                       ["withheld: the model's reply repeated its system prompt (a source may have asked for it)"],
-                      closest=closest_sources(draft.hits))
+                      closest=closest_sources(draft.hits), inferred_filters=draft.inferred_filters,
+                      memory=draft.memory)
 
     def _withhold(self, reason: str, text: str, hits: Sequence[ScoredChunk], model: str, prompt: Prompt,
                   timings: dict[str, int], calculation: dict[str, Any] | None) -> Answer:
